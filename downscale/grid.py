@@ -1,0 +1,128 @@
+"""Grid geometry: coordinate normalisation, cell bounds, spherical cell areas, nesting.
+
+Conventions used throughout the package:
+
+* The horizontal dimensions are called ``lat`` and ``lon`` (degrees north / east), or
+  ``y`` and ``x`` (metres) for projected grids such as DEMs.
+* Latitude is ascending. Longitude is in ``[-180, 180)`` unless the domain is only
+  contiguous in ``[0, 360)`` (a region across the dateline).
+* Bounds are stored as ``(n, 2)`` arrays of (lower, upper) edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from numpy.typing import NDArray
+
+#: Mean Earth radius in metres (IUGG), used for cell areas and slopes.
+EARTH_RADIUS_M = 6_371_008.8
+
+FloatArray = NDArray[np.float64]
+
+
+def bounds_from_centres(centres: NDArray[np.floating], *, clip: tuple[float, float] | None = None
+                        ) -> FloatArray:
+    """Infer cell edges halfway between centres, extrapolating at both ends.
+
+    Args:
+        centres: Monotonic cell centres, shape ``(n,)``, ``n >= 2``.
+        clip: Optional ``(low, high)`` to clip the outermost edges to, e.g. ``(-90, 90)``.
+
+    Returns:
+        Bounds of shape ``(n, 2)`` in the units of ``centres``.
+    """
+    c = np.asarray(centres, dtype=np.float64)
+    if c.size < 2:
+        raise ValueError("at least two cell centres are needed to infer bounds")
+    mid = 0.5 * (c[1:] + c[:-1])
+    edges = np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+    if clip is not None:
+        edges = np.clip(edges, *clip)
+    return np.stack([edges[:-1], edges[1:]], axis=1)
+
+
+def is_periodic_longitude(lon_bounds: NDArray[np.floating], tol: float = 1e-3) -> bool:
+    """Whether longitude cells cover the full circle (a global, periodic axis).
+
+    Args:
+        lon_bounds: Longitude bounds in degrees, shape ``(n, 2)``, ascending.
+        tol: Tolerance in degrees on the 360-degree span.
+    """
+    span = float(lon_bounds[-1, 1] - lon_bounds[0, 0])
+    return abs(span - 360.0) < tol
+
+
+def cell_areas_latlon(lat_bounds: NDArray[np.floating], lon_bounds: NDArray[np.floating],
+                      radius: float = EARTH_RADIUS_M) -> FloatArray:
+    """Spherical cell areas of a latitude-longitude grid.
+
+    ``area = R^2 * dlon * (sin(lat_north) - sin(lat_south))`` with ``dlon`` in radians.
+
+    Args:
+        lat_bounds: Latitude bounds in degrees, shape ``(ny, 2)``.
+        lon_bounds: Longitude bounds in degrees, shape ``(nx, 2)``.
+        radius: Sphere radius in metres.
+
+    Returns:
+        Cell areas in m^2, shape ``(ny, nx)``.
+    """
+    lat_b = np.deg2rad(np.asarray(lat_bounds, dtype=np.float64))
+    lon_b = np.deg2rad(np.asarray(lon_bounds, dtype=np.float64))
+    band = np.abs(np.sin(lat_b[:, 1]) - np.sin(lat_b[:, 0]))
+    width = np.abs(lon_b[:, 1] - lon_b[:, 0])
+    return radius**2 * np.outer(band, width)
+
+
+def cell_areas_projected(y_bounds: NDArray[np.floating], x_bounds: NDArray[np.floating]
+                         ) -> FloatArray:
+    """Cell areas of a projected grid whose bounds are in metres, shape ``(ny, nx)`` in m^2."""
+    dy = np.abs(np.diff(np.asarray(y_bounds, dtype=np.float64), axis=1))[:, 0]
+    dx = np.abs(np.diff(np.asarray(x_bounds, dtype=np.float64), axis=1))[:, 0]
+    return np.outer(dy, dx)
+
+
+def cell_areas(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    """Cell areas (m^2) of a normalised field, from its ``*_bnds`` coordinates.
+
+    Works for ``lat``/``lon`` grids (spherical areas) and ``y``/``x`` grids in metres.
+    """
+    ydim, xdim = horizontal_dims(da)
+    yb = np.asarray(da[f"{ydim}_bnds"].values)
+    xb = np.asarray(da[f"{xdim}_bnds"].values)
+    area = cell_areas_latlon(yb, xb) if ydim == "lat" else cell_areas_projected(yb, xb)
+    return xr.DataArray(area, dims=(ydim, xdim), coords={ydim: da[ydim], xdim: da[xdim]},
+                        attrs={"units": "m2", "standard_name": "cell_area"})
+
+
+def horizontal_dims(da: xr.DataArray | xr.Dataset) -> tuple[str, str]:
+    """The (y, x) dimension names of a normalised field: ``("lat", "lon")`` or ``("y", "x")``."""
+    for pair in (("lat", "lon"), ("y", "x")):
+        if pair[0] in da.dims and pair[1] in da.dims:
+            return pair
+    raise ValueError(f"no (lat, lon) or (y, x) dimensions in {tuple(da.dims)}")
+
+
+def nesting_factor(coarse_bounds: NDArray[np.floating], fine_bounds: NDArray[np.floating],
+                   tol: float = 1e-4) -> int | None:
+    """The integer factor by which a fine axis nests in a coarse one, or None.
+
+    The fine cells nest when every coarse cell is exactly ``factor`` consecutive fine cells
+    whose outer edges coincide with the coarse edges (within ``tol`` of a fine cell width).
+
+    Args:
+        coarse_bounds: Coarse bounds, shape ``(n, 2)``, ascending.
+        fine_bounds: Fine bounds, shape ``(n * factor, 2)``, ascending.
+        tol: Relative tolerance, as a fraction of the smallest fine cell width.
+    """
+    n_coarse, n_fine = len(coarse_bounds), len(fine_bounds)
+    if n_coarse == 0 or n_fine % n_coarse:
+        return None
+    factor = n_fine // n_coarse
+    width = float(np.min(np.abs(np.diff(fine_bounds, axis=1))))
+    lower = fine_bounds[::factor, 0]
+    upper = fine_bounds[factor - 1 :: factor, 1]
+    ok = np.allclose(lower, coarse_bounds[:, 0], atol=tol * width, rtol=0) and np.allclose(
+        upper, coarse_bounds[:, 1], atol=tol * width, rtol=0
+    )
+    return factor if ok else None

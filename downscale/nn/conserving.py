@@ -1,0 +1,239 @@
+"""Mass conservation by construction (DESIGN.md §3-4).
+
+Two pieces give the guarantee; both are exact to floating point, not penalties.
+
+:class:`MassConservingConvTranspose2d`
+    A depthwise transposed convolution on *extensive* quantities. The coarse mass
+    ``m_C = A_C * x_C`` is spread with a kernel whose weights are positive and sum to one,
+    the spill-over past the borders is folded back (wrapped on a periodic longitude axis,
+    reflected elsewhere), and the fine value is ``y_f = m_f / a_f``. The domain total
+    ``sum_f a_f y_f = sum_C A_C x_C`` therefore holds for any kernel it accepts. With
+    ``phase_balanced=True`` each of the ``s^2`` polyphase sub-kernels sums to ``1/s^2``,
+    so a constant input gives a constant output (no checkerboard) on equal-area cells.
+
+    At a *reflecting* edge that holds only if the kernel spills as much past the edge as
+    its missing neighbour would have brought in (``sum_{t<p} w_t == sum_{t>=s+p} w_t``
+    along the axis). Any conserving fold of a general kernel breaks one of the two, so
+    ``symmetric=True`` (mirror-symmetric kernels, centred padding) is offered: then
+    constancy is exact at edges and corners too. On periodic axes it always is.
+
+:class:`LocalConservation`
+    The last operation on the physical field: corrects every coarse cell's block of fine
+    cells so that their area-weighted mean over *valid* cells equals the coarse value
+    (additive for signed fields; multiplicative or softmax for positive ones).
+
+Shapes: coarse ``(B, C, h, w)``, fine ``(B, C, h*s, w*s)``; areas broadcast to the fine
+shape and may be in any unit (only ratios within a block matter).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ConstraintMode = Literal["additive", "multiplicative", "softmax", "none"]
+
+
+def block_sum(x: Tensor, factor: int) -> Tensor:
+    """Sum non-overlapping ``factor x factor`` blocks of the last two dims."""
+    *lead, h, w = x.shape
+    return x.reshape(*lead, h // factor, factor, w // factor, factor).sum(dim=(-3, -1))
+
+
+def block_repeat(x: Tensor, factor: int) -> Tensor:
+    """Repeat each cell of the last two dims into a ``factor x factor`` block."""
+    return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def block_mean(x: Tensor, weight: Tensor, factor: int) -> tuple[Tensor, Tensor]:
+    """Weighted mean of each block and the block's total weight.
+
+    Args:
+        x: Fine values ``(..., H, W)``; only read where ``weight > 0``.
+        weight: Non-negative weights (cell area times validity), broadcastable to ``x``.
+        factor: Block size.
+
+    Returns:
+        ``(mean, total_weight)`` of shape ``(..., H/factor, W/factor)``; the mean is 0 for
+        blocks of zero weight.
+    """
+    weight = weight.expand_as(x)
+    x = torch.where(weight > 0, x, torch.zeros_like(x))
+    total = block_sum(weight, factor)
+    mean = block_sum(x * weight, factor) / total.clamp_min(torch.finfo(x.dtype).tiny)
+    return mean, total
+
+
+class MassConservingConvTranspose2d(nn.Module):
+    """Depthwise transposed convolution whose kernels sum to one: conserves the total mass.
+
+    Args:
+        channels: Number of physical variables (or feature channels), one kernel each.
+        stride: Upsampling factor ``s`` (fine cells per coarse cell along each axis).
+        kernel_size: ``k >= s``; default ``2 * s`` (each coarse cell reaches its neighbours'
+            blocks, for smooth output).
+        padding: Cells cropped at the low edge of the full output, ``0 <= p <= k - s``;
+            default ``(k - s) // 2`` (centred). Whatever the padding crops is folded back.
+        phase_balanced: Normalise each polyphase sub-kernel to ``1/s^2`` (no checkerboard
+            on flat input). Otherwise the whole kernel is normalised to one.
+        symmetric: Constrain kernels to be mirror-symmetric along both axes, so flat input
+            stays flat at reflecting edges too (needs ``k - s`` even and centred padding).
+
+    Shapes:
+        ``forward(x, fine_area)``: ``x`` is ``(B, C, h, w)`` intensive values (NaN is read
+        as zero mass), ``fine_area`` broadcasts to ``(B, C, h*s, w*s)``; returns
+        ``(B, C, h*s, w*s)`` intensive values. ``fine_area=None`` means equal areas.
+    """
+
+    def __init__(self, channels: int, stride: int, kernel_size: int | None = None,
+                 padding: int | None = None, phase_balanced: bool = True,
+                 symmetric: bool = False) -> None:
+        super().__init__()
+        k = 2 * stride if kernel_size is None else kernel_size
+        if stride < 1 or k < stride:
+            raise ValueError(f"need kernel_size >= stride >= 1, got k={k}, s={stride}")
+        p = (k - stride) // 2 if padding is None else padding
+        if not 0 <= p <= k - stride:
+            raise ValueError(f"padding must be in [0, k - s] = [0, {k - stride}], got {p}")
+        self.channels, self.stride, self.kernel_size, self.padding = channels, stride, k, p
+        if symmetric and 2 * p != k - stride:
+            raise ValueError(f"symmetric kernels need centred padding (k - s) / 2, got k={k}, "
+                             f"s={stride}, p={p}")
+        self.phase_balanced, self.symmetric = phase_balanced, symmetric
+        # Zero logits give the uniform (box-filter-like) kernel: a smooth, flat start.
+        self.logits = nn.Parameter(torch.zeros(channels, k, k))
+        phase = (torch.arange(k) % stride)
+        self.register_buffer("phase_id", (phase[:, None] * stride + phase[None, :]).flatten(),
+                             persistent=False)
+
+    def kernel(self) -> Tensor:
+        """The normalised kernel, shape ``(C, 1, k, k)``: positive weights summing to one."""
+        c, k, s = self.channels, self.kernel_size, self.stride
+        logits = self.logits
+        if self.symmetric:
+            logits = 0.25 * (logits + logits.flip(-1) + logits.flip(-2) + logits.flip(-1, -2))
+        flat = logits.reshape(c, k * k)
+        if not self.phase_balanced:
+            return torch.softmax(flat, dim=-1).reshape(c, 1, k, k)
+        # Softmax within each phase: subtract each phase's max, divide by each phase's sum.
+        phase_id = self.phase_id.expand(c, -1)
+        shifted = flat - flat.max(dim=-1, keepdim=True).values
+        expo = shifted.exp()
+        sums = torch.zeros(c, s * s, dtype=flat.dtype, device=flat.device)
+        sums.scatter_add_(1, phase_id, expo)
+        weights = expo / sums.gather(1, phase_id) / (s * s)
+        return weights.reshape(c, 1, k, k)
+
+    def forward(self, x: Tensor, fine_area: Tensor | None = None, periodic: bool = False
+                ) -> Tensor:
+        """Upsample intensive values ``x`` by spreading their mass (see class docstring).
+
+        Args:
+            x: ``(B, C, h, w)``.
+            fine_area: Fine cell areas broadcastable to ``(B, C, h*s, w*s)``, or None.
+            periodic: Whether the last axis is periodic (global longitude): spill-over
+                wraps around instead of reflecting.
+        """
+        s, p = self.stride, self.padding
+        x = torch.nan_to_num(x, nan=0.0)
+        if fine_area is None:
+            x = x * (s * s)  # equal areas: a coarse cell is s^2 fine cells of area 1
+        else:
+            x = x * block_sum(fine_area.expand(*x.shape[:2], -1, -1), s)
+        full = F.conv_transpose2d(x, self.kernel().to(x.dtype), stride=s, groups=self.channels)
+        mass = _fold_rows(full, p, x.shape[-2] * s)
+        mass = _fold_cols(mass, p, x.shape[-1] * s, periodic)
+        return mass if fine_area is None else mass / fine_area
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, stride={self.stride}, kernel_size={self.kernel_size}"
+                f", padding={self.padding}, phase_balanced={self.phase_balanced}"
+                f", symmetric={self.symmetric}")
+
+
+def _fold_rows(full: Tensor, p: int, n: int) -> Tensor:
+    """Crop rows ``[p, p + n)`` and reflect the spill-over on either side back inside."""
+    return _fold_cols(full.transpose(-1, -2), p, n, periodic=False).transpose(-1, -2)
+
+
+def _fold_cols(full: Tensor, p: int, n: int, periodic: bool) -> Tensor:
+    """Crop columns ``[p, p + n)``; fold the spilled columns back (wrap or reflect)."""
+    inner = full[..., p : p + n].clone()
+    low, high = full[..., :p], full[..., p + n :]
+    r = high.shape[-1]
+    if p > n or r > n:
+        raise ValueError(f"kernel spill-over ({p}, {r}) exceeds the grid width {n}")
+    if periodic:
+        # Fine index -j lands on n - j; index n + j on j.
+        if p:
+            inner[..., n - p :] += low
+        if r:
+            inner[..., :r] += high
+    else:
+        # Mirror at the edge: fine index -1 - j lands on j; index n + j on n - 1 - j.
+        if p:
+            inner[..., :p] += low.flip(-1)
+        if r:
+            inner[..., n - r :] += high.flip(-1)
+    return inner
+
+
+class LocalConservation(nn.Module):
+    """Make every coarse cell's valid fine cells carry exactly its mass.
+
+    After this step ``sum_f a_f y_f / sum_f a_f == x_C`` over the valid fine cells f of
+    every coarse cell C with a valid value. It must be the last operation on the physical
+    field.
+
+    Args:
+        factor: Fine cells per coarse cell along each axis.
+        mode: ``"additive"`` (any sign: shift each block by its error),
+            ``"multiplicative"`` (positive fields: rescale each block; ``y`` must be > 0),
+            ``"softmax"`` (positive fields: ``y`` are logits distributing the coarse mass),
+            or ``"none"`` (identity; for comparisons only).
+
+    Shapes:
+        ``forward(y, x, fine_area, fine_valid)``: ``y`` ``(B, C, H, W)``, ``x``
+        ``(B, C, H/f, W/f)``, ``fine_area`` and ``fine_valid`` broadcast to ``y``.
+        Returns ``(B, C, H, W)`` with NaN at invalid cells and in blocks whose coarse value
+        is missing.
+    """
+
+    def __init__(self, factor: int, mode: ConstraintMode = "additive") -> None:
+        super().__init__()
+        if mode not in ("additive", "multiplicative", "softmax", "none"):
+            raise ValueError(f"unknown conservation mode {mode!r}")
+        self.factor, self.mode = factor, mode
+
+    def forward(self, y: Tensor, x: Tensor, fine_area: Tensor, fine_valid: Tensor | None = None
+                ) -> Tensor:
+        f = self.factor
+        coarse_ok = torch.isfinite(x)
+        valid = block_repeat(coarse_ok, f)
+        if fine_valid is not None:
+            valid = valid & fine_valid.expand_as(valid)
+        weight = fine_area.expand_as(y) * valid
+        x0 = torch.where(coarse_ok, x, torch.zeros_like(x))
+        if self.mode == "additive":
+            mean, _ = block_mean(y, weight, f)
+            out = y + block_repeat(x0 - mean, f)
+        elif self.mode == "multiplicative":
+            mean, _ = block_mean(y, weight, f)
+            ratio = x0 / torch.where(mean.abs() > 0, mean, torch.ones_like(mean))
+            out = torch.where(block_repeat(mean.abs() > 0, f), y * block_repeat(ratio, f),
+                              block_repeat(x0, f))
+        elif self.mode == "softmax":
+            logits = torch.where(valid, y, torch.full_like(y, -torch.inf))
+            blocks = logits.reshape(*y.shape[:-2], y.shape[-2] // f, f, y.shape[-1] // f, f)
+            top = blocks.amax(dim=(-3, -1), keepdim=True)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+            expo = (blocks - top).exp().reshape(y.shape)
+            share = expo / block_repeat(block_sum(expo, f).clamp_min(1e-30), f)
+            total = block_sum(weight, f)
+            out = block_repeat(x0 * total, f) * share / fine_area.expand_as(y).clamp_min(1e-30)
+        else:
+            out = y
+        return torch.where(valid, out, torch.full_like(out, torch.nan))
