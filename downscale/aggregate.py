@@ -37,8 +37,11 @@ def block_sum(values: NDArray[Any], factor: tuple[int, int]) -> NDArray[Any]:
     """
     fy, fx = factor
     *lead, h, w = values.shape
+    if fy < 1 or fx < 1 or h % fy or w % fx:
+        raise ValueError(f"a {h}x{w} grid does not divide into {fy}x{fx} blocks")
     blocks = values.reshape(*lead, h // fy, fy, w // fx, fx)
-    return blocks.sum(axis=(-3, -1))
+    summed: NDArray[Any] = blocks.sum(axis=(-3, -1))
+    return summed
 
 
 def block_repeat(values: NDArray[Any], factor: tuple[int, int]) -> NDArray[Any]:
@@ -84,6 +87,7 @@ def crop_to_factor(ds: xr.Dataset, factor: tuple[int, int], *, variable: str | N
         InputError: If cropping is needed but not allowed, or the grid is smaller than one
             coarse cell.
     """
+    _check_factor(factor)
     ydim, xdim = horizontal_dims(ds)
     keep = {d: ds.sizes[d] - ds.sizes[d] % f for d, f in zip((ydim, xdim), factor, strict=True)}
     if min(keep.values()) == 0:
@@ -99,6 +103,11 @@ def crop_to_factor(ds: xr.Dataset, factor: tuple[int, int], *, variable: str | N
     log.info("Cropping %s grid from %dx%d to %dx%d so that it divides by factor %s",
              variable or "the", ds.sizes[ydim], ds.sizes[xdim], keep[ydim], keep[xdim], factor)
     return ds.isel({ydim: slice(0, keep[ydim]), xdim: slice(0, keep[xdim])})
+
+
+def _check_factor(factor: tuple[int, int]) -> None:
+    if len(factor) != 2 or any(int(f) != f or f < 1 for f in factor):
+        raise ValueError(f"factor must be two positive integers (fy, fx), got {factor}")
 
 
 def coarse_bounds(fine_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
@@ -124,20 +133,29 @@ def coarsen_field(ds: xr.Dataset, variable: str, factor: tuple[int, int]) -> xr.
     """
     from downscale.grid import cell_areas
 
+    _check_factor(factor)
     ydim, xdim = horizontal_dims(ds)
+    if ds.sizes[ydim] % factor[0] or ds.sizes[xdim] % factor[1]:
+        raise InputError(f"grid {ds.sizes[ydim]}x{ds.sizes[xdim]} is not divisible by the "
+                         f"factor {factor}", path=ds.attrs.get("source_files"), variable=variable,
+                         hint="crop it first (aggregate.crop_to_factor)")
     area = cell_areas(ds).values
     fine = ds[variable]
+    fine = fine.transpose(..., ydim, xdim)
+    # Integer fields aggregate to means, which need a floating type (and NaN).
+    dtype = fine.dtype if np.issubdtype(fine.dtype, np.floating) else np.dtype(np.float64)
 
     def _aggregate(block: NDArray[np.floating]) -> NDArray[np.floating]:
         mean, _ = area_weighted_block_mean(block, area, factor)
-        return mean.astype(block.dtype)
+        return mean.astype(dtype)
 
     data = fine.data
     if hasattr(data, "map_blocks"):
-        # Horizontal dims are single chunks (io.open_field), so each block is whole fields.
-        data = data.rechunk({1: -1, 2: -1}).map_blocks(
-            _aggregate, chunks=(data.chunks[0], ds.sizes[ydim] // factor[0],
-                                ds.sizes[xdim] // factor[1]), dtype=fine.dtype)
+        # Each block must hold whole horizontal fields for the block means to be exact.
+        nd = data.ndim
+        data = data.rechunk({nd - 2: -1, nd - 1: -1})
+        data = data.map_blocks(_aggregate, dtype=dtype, chunks=(
+            *data.chunks[:-2], (ds.sizes[ydim] // factor[0],), (ds.sizes[xdim] // factor[1],)))
     else:
         data = _aggregate(np.asarray(data))
     yb = coarse_bounds(ds[f"{ydim}_bnds"].values, factor[0])
@@ -148,7 +166,8 @@ def coarsen_field(ds: xr.Dataset, variable: str, factor: tuple[int, int]) -> xr.
         f"{ydim}_bnds": ((ydim, "bnds"), yb),
         f"{xdim}_bnds": ((xdim, "bnds"), xb),
     }
-    if "time" in ds.coords:
-        coords["time"] = ds["time"]
+    for dim in fine.dims[:-2]:
+        if dim in ds.coords:
+            coords[str(dim)] = ds[dim]
     out = xr.Dataset({variable: (fine.dims, data, fine.attrs)}, coords=coords, attrs=ds.attrs)
     return out

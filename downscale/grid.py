@@ -33,6 +33,8 @@ def bounds_from_centres(centres: NDArray[np.floating], *, clip: tuple[float, flo
         Bounds of shape ``(n, 2)`` in the units of ``centres``.
     """
     c = np.asarray(centres, dtype=np.float64)
+    if c.ndim != 1:
+        raise ValueError(f"cell centres must be 1-D, got shape {c.shape}")
     if c.size < 2:
         raise ValueError("at least two cell centres are needed to infer bounds")
     mid = 0.5 * (c[1:] + c[:-1])
@@ -49,7 +51,10 @@ def is_periodic_longitude(lon_bounds: NDArray[np.floating], tol: float = 1e-3) -
         lon_bounds: Longitude bounds in degrees, shape ``(n, 2)``, ascending.
         tol: Tolerance in degrees on the 360-degree span.
     """
-    span = float(lon_bounds[-1, 1] - lon_bounds[0, 0])
+    b = np.asarray(lon_bounds, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 2 or b.shape[0] == 0:
+        raise ValueError(f"longitude bounds must have shape (n, 2), got {b.shape}")
+    span = float(b[-1, 1] - b[0, 0])
     return abs(span - 360.0) < tol
 
 
@@ -115,14 +120,23 @@ def nesting_factor(coarse_bounds: NDArray[np.floating], fine_bounds: NDArray[np.
         fine_bounds: Fine bounds, shape ``(n * factor, 2)``, ascending.
         tol: Relative tolerance, as a fraction of the smallest fine cell width.
     """
-    n_coarse, n_fine = len(coarse_bounds), len(fine_bounds)
-    if n_coarse == 0 or n_fine % n_coarse:
+    coarse = np.asarray(coarse_bounds, dtype=np.float64)
+    fine = np.asarray(fine_bounds, dtype=np.float64)
+    for b in (coarse, fine):
+        if b.ndim != 2 or b.shape[1] != 2:
+            raise ValueError(f"bounds must have shape (n, 2), got {b.shape}")
+    n_coarse, n_fine = len(coarse), len(fine)
+    if n_coarse == 0 or n_fine < n_coarse or n_fine % n_coarse:
         return None
     factor = n_fine // n_coarse
-    width = float(np.min(np.abs(np.diff(fine_bounds, axis=1))))
-    lower = fine_bounds[::factor, 0]
-    upper = fine_bounds[factor - 1 :: factor, 1]
-    ok = np.allclose(lower, coarse_bounds[:, 0], atol=tol * width, rtol=0) and np.allclose(
-        upper, coarse_bounds[:, 1], atol=tol * width, rtol=0
-    )
+    width = float(np.min(np.abs(np.diff(fine, axis=1))))
+    atol = tol * width
+    lower = fine[::factor, 0]
+    upper = fine[factor - 1 :: factor, 1]
+    # Inside a coarse cell the fine cells must tile it: each starts where the last ended.
+    inner = np.ones(n_fine - 1, dtype=bool)
+    inner[factor - 1 :: factor] = False
+    ok = (np.allclose(lower, coarse[:, 0], atol=atol, rtol=0)
+          and np.allclose(upper, coarse[:, 1], atol=atol, rtol=0)
+          and np.allclose(fine[1:, 0][inner], fine[:-1, 1][inner], atol=atol, rtol=0))
     return factor if ok else None

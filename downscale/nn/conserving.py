@@ -59,6 +59,7 @@ def block_mean(x: Tensor, weight: Tensor, factor: int) -> tuple[Tensor, Tensor]:
     Returns:
         ``(mean, total_weight)`` of shape ``(..., H/factor, W/factor)``; the mean is 0 for
         blocks of zero weight.
+
     """
     weight = weight.expand_as(x)
     x = torch.where(weight > 0, x, torch.zeros_like(x))
@@ -81,16 +82,20 @@ class MassConservingConvTranspose2d(nn.Module):
             on flat input). Otherwise the whole kernel is normalised to one.
         symmetric: Constrain kernels to be mirror-symmetric along both axes, so flat input
             stays flat at reflecting edges too (needs ``k - s`` even and centred padding).
+        init: Starting kernel: ``"tent"`` (bilinear interpolation written as a transposed
+            convolution: weight ``max(0, 1 - d/s)`` at distance ``d`` fine cells from the
+            coarse centre; phase-balanced and symmetric already) or ``"uniform"``.
 
     Shapes:
         ``forward(x, fine_area)``: ``x`` is ``(B, C, h, w)`` intensive values (NaN is read
         as zero mass), ``fine_area`` broadcasts to ``(B, C, h*s, w*s)``; returns
         ``(B, C, h*s, w*s)`` intensive values. ``fine_area=None`` means equal areas.
+
     """
 
     def __init__(self, channels: int, stride: int, kernel_size: int | None = None,
                  padding: int | None = None, phase_balanced: bool = True,
-                 symmetric: bool = False) -> None:
+                 symmetric: bool = False, init: Literal["tent", "uniform"] = "tent") -> None:
         super().__init__()
         k = 2 * stride if kernel_size is None else kernel_size
         if stride < 1 or k < stride:
@@ -103,25 +108,33 @@ class MassConservingConvTranspose2d(nn.Module):
             raise ValueError(f"symmetric kernels need centred padding (k - s) / 2, got k={k}, "
                              f"s={stride}, p={p}")
         self.phase_balanced, self.symmetric = phase_balanced, symmetric
-        # Zero logits give the uniform (box-filter-like) kernel: a smooth, flat start.
         self.logits = nn.Parameter(torch.zeros(channels, k, k))
+        if init == "tent":
+            with torch.no_grad():
+                self.logits.copy_(_tent_logits(k, stride, p).expand(channels, k, k))
+        elif init != "uniform":
+            raise ValueError(f"unknown kernel init {init!r}")
         phase = (torch.arange(k) % stride)
+        self.phase_id: Tensor
         self.register_buffer("phase_id", (phase[:, None] * stride + phase[None, :]).flatten(),
                              persistent=False)
 
     def kernel(self) -> Tensor:
         """The normalised kernel, shape ``(C, 1, k, k)``: positive weights summing to one."""
         c, k, s = self.channels, self.kernel_size, self.stride
-        logits = self.logits
+        logits: Tensor = self.logits
         if self.symmetric:
             logits = 0.25 * (logits + logits.flip(-1) + logits.flip(-2) + logits.flip(-1, -2))
         flat = logits.reshape(c, k * k)
         if not self.phase_balanced:
             return torch.softmax(flat, dim=-1).reshape(c, 1, k, k)
         # Softmax within each phase: subtract each phase's max, divide by each phase's sum.
+        # (The max must be per phase: a global max lets a phase whose logits sit far below
+        # the others underflow to 0/0.)
         phase_id = self.phase_id.expand(c, -1)
-        shifted = flat - flat.max(dim=-1, keepdim=True).values
-        expo = shifted.exp()
+        top = torch.full((c, s * s), -torch.inf, dtype=flat.dtype, device=flat.device)
+        top = top.scatter_reduce(1, phase_id, flat.detach(), reduce="amax")
+        expo = (flat - top.gather(1, phase_id)).exp()
         sums = torch.zeros(c, s * s, dtype=flat.dtype, device=flat.device)
         sums.scatter_add_(1, phase_id, expo)
         weights = expo / sums.gather(1, phase_id) / (s * s)
@@ -136,6 +149,7 @@ class MassConservingConvTranspose2d(nn.Module):
             fine_area: Fine cell areas broadcastable to ``(B, C, h*s, w*s)``, or None.
             periodic: Whether the last axis is periodic (global longitude): spill-over
                 wraps around instead of reflecting.
+
         """
         s, p = self.stride, self.padding
         x = torch.nan_to_num(x, nan=0.0)
@@ -152,6 +166,14 @@ class MassConservingConvTranspose2d(nn.Module):
         return (f"channels={self.channels}, stride={self.stride}, kernel_size={self.kernel_size}"
                 f", padding={self.padding}, phase_balanced={self.phase_balanced}"
                 f", symmetric={self.symmetric}")
+
+
+def _tent_logits(k: int, s: int, p: int) -> Tensor:
+    """Log-weights of the separable tent kernel (bilinear interpolation), shape ``(k, k)``."""
+    # Tap t lands t - p fine cells past the block start; the coarse centre is (s - 1) / 2.
+    distance = (torch.arange(k, dtype=torch.float64) - p - (s - 1) / 2).abs()
+    tent = (1.0 - distance / s).clamp_min(1e-4)
+    return (tent[:, None] * tent[None, :]).log().float()
 
 
 def _fold_rows(full: Tensor, p: int, n: int) -> Tensor:
@@ -200,6 +222,7 @@ class LocalConservation(nn.Module):
         ``(B, C, H/f, W/f)``, ``fine_area`` and ``fine_valid`` broadcast to ``y``.
         Returns ``(B, C, H, W)`` with NaN at invalid cells and in blocks whose coarse value
         is missing.
+
     """
 
     def __init__(self, factor: int, mode: ConstraintMode = "additive") -> None:
@@ -217,6 +240,9 @@ class LocalConservation(nn.Module):
             valid = valid & fine_valid.expand_as(valid)
         weight = fine_area.expand_as(y) * valid
         x0 = torch.where(coarse_ok, x, torch.zeros_like(x))
+        # Never read invalid cells: NaN there would reach the gradients (0 * NaN) even though
+        # the output masks them.
+        y = torch.where(valid, y, torch.zeros_like(y))
         if self.mode == "additive":
             mean, _ = block_mean(y, weight, f)
             out = y + block_repeat(x0 - mean, f)

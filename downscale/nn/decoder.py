@@ -34,7 +34,8 @@ class _ConvBlock(nn.Module):
     def forward(self, x: Tensor, periodic: bool) -> Tensor:
         h = self.act(self.conv1(x, periodic))
         h = self.conv2(h, periodic)
-        return self.act(h + x if self.skip else h)
+        out: Tensor = self.act(h + x if self.skip else h)
+        return out
 
 
 class ConservingDecoder(nn.Module):
@@ -55,6 +56,7 @@ class ConservingDecoder(nn.Module):
         normalised with NaN set to 0, ``fine_area`` and ``fine_valid`` broadcastable to
         ``(B, C, h*f, w*f)``, ``std`` broadcastable to ``(B, C, 1, 1)`` (the physical scale
         of the learned detail). Returns ``(B, C, h*f, w*f)`` physical values.
+
     """
 
     def __init__(self, channels: int = 1, factor: int = 4, hidden_channels: int = 32,
@@ -64,19 +66,22 @@ class ConservingDecoder(nn.Module):
         self.factor = factor
         self.constraint_mode = constraint
         # Mirror-symmetric kernels keep flat input flat at reflecting edges too (see layer).
-        self.base = MassConservingConvTranspose2d(channels, factor, phase_balanced=phase_balanced,
-                                                  symmetric=True)
+        # They need k - s even (centred padding): 2s for even factors, 2s + 1 for odd ones.
+        kernel_size = 2 * factor + factor % 2
+        self.base = MassConservingConvTranspose2d(channels, factor, kernel_size,
+                                                  phase_balanced=phase_balanced, symmetric=True)
         self.stem = GridConv2d(2 * channels, hidden_channels)
         self.coarse = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)
                                     for _ in range(coarse_blocks))
-        self.upsample = MassConservingConvTranspose2d(hidden_channels, factor,
+        self.upsample = MassConservingConvTranspose2d(hidden_channels, factor, kernel_size,
                                                       phase_balanced=phase_balanced, symmetric=True)
         self.fine = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)
                                   for _ in range(fine_blocks))
         self.head = GridConv2d(hidden_channels, channels)
         # Start from the conserving interpolation alone: zero detail.
         nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
         self.constraint = LocalConservation(factor, constraint)
 
     def forward(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, fine_valid: Tensor,
@@ -96,4 +101,5 @@ class ConservingDecoder(nn.Module):
             y = torch.log(base.clamp_min(1e-12)) + detail
         else:
             y = base + std * detail
-        return self.constraint(y, x, fine_area, fine_valid)
+        out: Tensor = self.constraint(y, x, fine_area, fine_valid)
+        return out

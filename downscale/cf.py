@@ -1,0 +1,71 @@
+"""CF-1.8 metadata for the NetCDF files the package writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from downscale import __version__
+from downscale.io import history_line
+
+CONVENTIONS = "CF-1.8"
+
+#: Attributes copied from the source variable to the downscaled one.
+_KEPT_ATTRS = ("standard_name", "long_name", "units", "cell_methods", "comment")
+
+
+def downscaled_dataset(values: np.ndarray[Any, Any], template: xr.Dataset, variable: str,
+                       source_attrs: dict[str, Any], *, factor: int, checkpoint: str,
+                       fill_value: float = 1e20) -> xr.Dataset:
+    """Wrap a downscaled array in a CF-compliant Dataset on the fine grid.
+
+    Args:
+        values: ``(time, H, W)`` (or ``(H, W)`` for fields without time), NaN = missing.
+        template: The fine grid (coords and bounds) from :func:`downscale.io.open_field`.
+        variable: Output variable name (the source's name).
+        source_attrs: The source variable's attributes (units, standard_name, ...).
+        factor: The upsampling factor, recorded in the history.
+        checkpoint: The checkpoint used, recorded in the history.
+        fill_value: ``_FillValue`` written for missing cells.
+
+    """
+    ydim = "lat" if "lat" in template.dims else "y"
+    xdim = "lon" if ydim == "lat" else "x"
+    no_time = bool(template.attrs.get("downscale_added_time"))
+    dims: tuple[str, ...] = ("time", ydim, xdim)
+    if no_time:
+        template = template.isel(time=0, drop=True)
+        values = values.reshape(values.shape[-2:])
+        dims = (ydim, xdim)
+    attrs = {k: source_attrs[k] for k in _KEPT_ATTRS if k in source_attrs}
+    methods = str(attrs.get("cell_methods", ""))
+    if "area:" not in methods:
+        attrs["cell_methods"] = (methods + " area: mean").strip()
+    ds = xr.Dataset({variable: (dims, values.astype(np.float32), attrs)},
+                    coords={c: template[c] for c in template.coords})
+    ds[variable].encoding.update(_FillValue=np.float32(fill_value), zlib=True, complevel=4)
+    for dim in (ydim, xdim):
+        ds[dim].attrs["bounds"] = f"{dim}_bnds"
+        ds[dim].encoding["_FillValue"] = None
+        ds[f"{dim}_bnds"].encoding["_FillValue"] = None
+    if ydim == "y":
+        ds["y"].attrs.update(units="m", standard_name="projection_y_coordinate")
+        ds["x"].attrs.update(units="m", standard_name="projection_x_coordinate")
+    if "time" in ds.coords:
+        ds["time"].attrs.setdefault("standard_name", "time")
+        ds["time"].attrs.setdefault("axis", "T")
+        ds["time"].attrs.pop("bounds", None)
+    sources = str(template.attrs.get("source_files", ""))
+    ds.attrs = {
+        "Conventions": CONVENTIONS,
+        "title": f"{variable} downscaled by a factor of {factor} with downscale",
+        "source": f"downscale {__version__}: mass-conserving learned downscaling",
+        "history": history_line(f"downscale {__version__} predict --ckpt_path {checkpoint} "
+                                f"(factor {factor}) from {sources}"),
+        "downscale_checkpoint": checkpoint,
+        "downscale_factor": np.int32(factor),
+        "downscale_inputs": sources,
+    }
+    return ds

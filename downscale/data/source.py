@@ -1,0 +1,150 @@
+"""A lazily opened field that each process (and DataLoader worker) opens for itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import dask
+import dask.array as dsa
+import numpy as np
+import xarray as xr
+from numpy.typing import NDArray
+
+from downscale.aggregate import crop_to_factor
+from downscale.errors import InputError
+from downscale.grid import cell_areas, horizontal_dims, is_periodic_longitude
+from downscale.io import SUSPICIOUS_MAGNITUDE, open_field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Normalisation statistics of the training split (physical units of the variable)."""
+
+    mean: float
+    std: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+
+MANIFEST_SCHEME = "manifest://"
+
+
+def resolve_path(path: str) -> str:
+    """Resolve ``manifest://<dataset id>`` to the verified file; other paths pass through."""
+    if path.startswith(MANIFEST_SCHEME):
+        from downscale.manifest import resolve
+
+        return str(resolve(path.removeprefix(MANIFEST_SCHEME)))
+    return path
+
+
+class FieldSource:
+    """One variable of one or many NetCDF files, cropped to divide by the factor.
+
+    The file handles are opened on first use in each process, so a pickled source (as
+    sent to DataLoader workers or Dask workers) opens its own handles.
+
+    Args:
+        paths: NetCDF file(s) continuing each other in time; ``manifest://<id>`` names a
+            dataset of ``data_manifest.yaml``.
+        variable: Data variable name.
+        factor: Upsampling factor; the grid is cropped to a multiple of it.
+        crop: Allow cropping (logged); otherwise a non-divisible grid is an error.
+
+    """
+
+    def __init__(self, paths: str | Sequence[str], variable: str, factor: int,
+                 crop: bool = True) -> None:
+        raw = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        self.paths = [resolve_path(str(p)) for p in raw]
+        self.variable, self.factor, self.crop = variable, factor, crop
+        self._pid: int | None = None
+        self._ds: xr.Dataset | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_pid=None, _ds=None)
+        return state
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        """The normalised, cropped, Dask-backed field (opened once per process)."""
+        if self._ds is None or self._pid != os.getpid():
+            ds = open_field(self.paths, self.variable)
+            self._ds = crop_to_factor(ds, (self.factor, self.factor), variable=self.variable,
+                                      allow_crop=self.crop)
+            self._pid = os.getpid()
+        return self._ds
+
+    @property
+    def data(self) -> xr.DataArray:
+        """The variable, dims ``(time, y, x)``."""
+        return self.dataset[self.variable]
+
+    @cached_property
+    def dims(self) -> tuple[str, str]:
+        return horizontal_dims(self.dataset)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(time, H, W)`` of the (cropped) fine grid."""
+        t, h, w = self.data.shape
+        return int(t), int(h), int(w)
+
+    @cached_property
+    def fine_area(self) -> NDArray[np.float64]:
+        """Cell areas of the fine grid in m^2, shape ``(H, W)``."""
+        return np.asarray(cell_areas(self.dataset).values)
+
+    @cached_property
+    def periodic(self) -> bool:
+        """Whether the x axis is a full periodic longitude circle (after cropping)."""
+        return self.dims[0] == "lat" and is_periodic_longitude(self.dataset["lon_bnds"].values)
+
+    def read(self, t: int | slice | Sequence[int], ys: slice, xs: slice) -> NDArray[np.float32]:
+        """Read a block of the variable as float32, shape ``(..., len(ys), len(xs))``."""
+        ydim, xdim = self.dims
+        block = self.data.isel({"time": t, ydim: ys, xdim: xs})
+        with dask.config.set(scheduler="synchronous"):
+            return np.asarray(block.values, dtype=np.float32)
+
+    def scan(self, times: Sequence[int]) -> tuple[NormStats, NDArray[np.bool_]]:
+        """One lazy pass over the given time steps: statistics, checks and the static mask.
+
+        Returns:
+            The mean and standard deviation over valid cells, and the mask of fine cells
+            that are valid at least once, shape ``(H, W)``.
+
+        Raises:
+            InputError: No valid values, undeclared fill values or infinities.
+
+        """
+        arr = self.data.isel(time=list(times)).data.astype(np.float64)
+        finite = dsa.isfinite(arr)
+        values = dsa.where(finite, arr, 0.0)
+        count, total, total_sq, largest, n_inf, ever_valid = dask.compute(  # type: ignore[attr-defined,no-untyped-call]
+            finite.sum(), values.sum(), (values**2).sum(), dsa.fabs(values).max(),
+            dsa.isinf(arr).sum(), finite.any(axis=0))
+        where = f"{', '.join(self.paths)}"
+        if count == 0:
+            raise InputError("no valid values in the selected time steps", path=where,
+                             variable=self.variable, hint="check the time selection and "
+                             "the _FillValue attribute")
+        if largest >= SUSPICIOUS_MAGNITUDE:
+            raise InputError(f"values of magnitude {largest:.3g} look like undeclared fill "
+                             "values", path=where, variable=self.variable,
+                             hint="declare them with the _FillValue or missing_value attribute")
+        if n_inf:
+            raise InputError(f"{int(n_inf)} infinite values", path=where, variable=self.variable,
+                             hint="replace them with a declared _FillValue")
+        mean = total / count
+        std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
+        return NormStats(float(mean), std if std > 0 else 1.0), np.asarray(ever_valid)

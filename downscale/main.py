@@ -1,0 +1,89 @@
+r"""The ``downscale`` command: Lightning CLI subcommands plus ``demo``.
+
+Examples::
+
+    downscale demo                                   # train on real data, write ./demo_output
+    downscale fit --config configs/experiments/e1_north_america.yaml
+    downscale fit --config configs/experiments/e1_north_america.yaml \
+        --data.path my.nc --data.variable tas --data.factor 4
+    downscale predict --config configs/experiments/e1_north_america.yaml \
+        --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt \
+        --prediction_writer.output tas_downscaled.nc
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from downscale.errors import DownscaleError
+
+#: Subcommands handled outside LightningCLI: name -> (module, one-line help).
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("downscale.demo", "train on embedded real data, write a NetCDF and a map"),
+}
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (LightningCLI; --config YAML, --print_config)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split",
+    "predict": "downscale a split with a checkpoint and write CF NetCDF",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: downscale COMMAND [options]   (downscale COMMAND --help for options)", "",
+             "Learned, mass-conserving downscaling of climate grids.", "", "commands:"]
+    commands = {**LIGHTNING_COMMANDS, **{k: v[1] for k, v in EXTRA_COMMANDS.items()}}
+    lines += [f"  {name:<10} {text}" for name, text in commands.items()]
+    return "\n".join(lines)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Run the ``downscale`` command line (``args`` defaults to ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from downscale import __version__
+
+        print(f"downscale {__version__}")
+        return
+    _run_guarded(lambda: _dispatch(argv))
+
+
+def _dispatch(argv: list[str]) -> None:
+    _configure_logging()
+    if argv[0] in EXTRA_COMMANDS:
+        import importlib
+
+        module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
+        module.main(argv[1:])
+    else:
+        from downscale.cli import run_lightning_cli
+
+        run_lightning_cli(argv)
+
+
+def _configure_logging() -> None:
+    """Show the package's INFO messages (cropping, splits, files written) on stderr."""
+    logger = logging.getLogger("downscale")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _run_guarded(action: Callable[[], None]) -> None:
+    """Run ``action``; user errors become one line on stderr and exit status 2."""
+    try:
+        action()
+    except DownscaleError as exc:
+        logging.shutdown()
+        print(f"downscale: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("downscale: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

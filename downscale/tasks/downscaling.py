@@ -1,0 +1,158 @@
+"""DownscalingTask: trains the conserving decoder on coarse/fine pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from downscale.baselines import UpsamplingMethod, upsample
+from downscale.errors import CheckpointError
+from downscale.metrics import conservation_error
+from downscale.nn import ConservingDecoder
+from downscale.nn.conserving import ConstraintMode
+
+
+class DownscalingTask(L.LightningModule):
+    """Learn to downscale one variable by an integer factor, conserving mass exactly.
+
+    The loss is the mean squared error in normalised units over valid fine cells. Logged:
+    ``{train,val,test}_loss`` and ``_rmse`` (variable units); at validation and test also
+    ``_rmse_bicubic`` (the baseline on the same tiles), ``_conservation_max_rel`` and
+    ``_conservation_global_rel`` (area-weighted, see :mod:`downscale.metrics`).
+
+    Args:
+        factor: Upsampling factor; linked from the DataModule by the CLI.
+        hidden_channels: Width of the decoder's feature paths.
+        coarse_blocks: Residual conv blocks on the coarse grid.
+        fine_blocks: Conv blocks on the fine grid.
+        constraint: Local conservation mode: ``additive`` (any sign), ``multiplicative``
+            or ``softmax`` (positive fields such as precipitation), ``none`` (no guarantee;
+            for comparisons).
+        phase_balanced: Phase-balanced conserving kernels (no checkerboard on flat input).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+
+    """
+
+    def __init__(self, factor: int = 4, hidden_channels: int = 32, coarse_blocks: int = 2,
+                 fine_blocks: int = 1, constraint: ConstraintMode = "additive",
+                 phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4
+                 ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.factor, self.lr, self.weight_decay = factor, lr, weight_decay
+        self.decoder = ConservingDecoder(1, factor, hidden_channels, coarse_blocks, fine_blocks,
+                                         constraint, phase_balanced)
+        # Normalisation of the training split, filled at fit start, saved in checkpoints.
+        self.norm_mean: Tensor
+        self.norm_std: Tensor
+        self.register_buffer("norm_mean", torch.zeros(1))
+        self.register_buffer("norm_std", torch.ones(1))
+        self.data_info: dict[str, Any] = {}
+
+    # -- model -----------------------------------------------------------------------------
+    def forward(self, coarse: Tensor, fine_area: Tensor, fine_valid: Tensor,
+                periodic: bool = False) -> Tensor:
+        """Downscale ``(B, 1, h, w)`` physical values to ``(B, 1, h*f, w*f)``."""
+        mean = self.norm_mean.view(1, -1, 1, 1)
+        std = self.norm_std.view(1, -1, 1, 1)
+        x_norm = torch.nan_to_num((coarse - mean) / std, nan=0.0)
+        out: Tensor = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic)
+        return out
+
+    def _predict_batch(self, batch: dict[str, Tensor]) -> Tensor:
+        out: Tensor = self(batch["coarse"], batch["fine_area"], batch["fine_valid"],
+                           bool(batch["periodic"].all()))
+        return out
+
+    # -- training and evaluation -------------------------------------------------------------
+    def _loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        mask = torch.isfinite(target) & torch.isfinite(pred)
+        diff = (pred - target)[mask]
+        if diff.numel() == 0:  # a patch of land only: nothing to learn from
+            zero = pred.nan_to_num().sum() * 0.0
+            return zero, zero
+        mse = (diff**2).mean()
+        return mse / self.norm_std.square().mean(), mse.sqrt()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        pred = self._predict_batch(batch)
+        loss, rmse = self._loss(pred, batch["fine"])
+        n = batch["fine"].shape[0]
+        self.log("train_loss", loss, prog_bar=True, batch_size=n)
+        self.log("train_rmse", rmse, batch_size=n)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], prefix: str) -> None:
+        pred = self._predict_batch(batch)
+        loss, rmse = self._loss(pred, batch["fine"])
+        n = batch["fine"].shape[0]
+        self.log(f"{prefix}_loss", loss, prog_bar=prefix == "val", batch_size=n, sync_dist=True)
+        self.log(f"{prefix}_rmse", rmse, prog_bar=prefix == "val", batch_size=n, sync_dist=True)
+        coarse = batch["coarse"].double().cpu().numpy()
+        area = batch["fine_area"][0, 0].double().cpu().numpy()
+        fine = pred.detach().double().cpu().numpy()
+        err = conservation_error(fine, coarse, area, self.factor)
+        self.log(f"{prefix}_conservation_max_rel", err.max_rel, batch_size=n, sync_dist=True)
+        self.log(f"{prefix}_conservation_global_rel", err.global_rel, batch_size=n,
+                 sync_dist=True)
+        bicubic = upsample(coarse, self.factor, UpsamplingMethod.BICUBIC,
+                           periodic=bool(batch["periodic"].all()))
+        truth = batch["fine"].double().cpu().numpy()
+        both = np.isfinite(bicubic) & np.isfinite(truth)
+        if both.any():
+            base_rmse = float(np.sqrt(np.mean((bicubic[both] - truth[both]) ** 2)))
+            self.log(f"{prefix}_rmse_bicubic", base_rmse, batch_size=n, sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return {"prediction": self._predict_batch(batch), "time": batch["time"],
+                "y0": batch["y0"], "x0": batch["x0"]}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr,
+                                 weight_decay=self.weight_decay)
+
+    # -- normalisation and checkpoint metadata ---------------------------------------------
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        stats = getattr(datamodule, "stats", None)
+        if stats is not None:
+            self.norm_mean.fill_(stats.mean)
+            self.norm_std.fill_(stats.std)
+        if datamodule is not None and hasattr(datamodule, "state_dict"):
+            self.data_info = {k: v for k, v in datamodule.state_dict().items() if k != "stats"}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["downscale_data"] = self.data_info
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained for another factor or variable, before loading it."""
+        trained = checkpoint.get("downscale_data", {})
+        saved_factor = checkpoint.get("hyper_parameters", {}).get("factor")
+        if saved_factor is not None and saved_factor != self.factor:
+            raise CheckpointError(f"checkpoint: trained for factor {saved_factor}, but the data "
+                                  f"use factor {self.factor}. Use a checkpoint trained "
+                                  f"for factor {self.factor} or set --data.factor "
+                                  f"{saved_factor}.")
+        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        wanted = getattr(datamodule, "variable", None)
+        if trained.get("variable") and wanted and trained["variable"] != wanted:
+            raise CheckpointError(f"checkpoint: trained for variable '{trained['variable']}', "
+                                  f"but the data select '{wanted}'. Use a checkpoint trained "
+                                  f"for '{wanted}'.")
+        units = getattr(datamodule, "variable_attrs", {}).get("units") if datamodule else None
+        if trained.get("units") and units and trained["units"] != units:
+            raise CheckpointError(f"checkpoint: trained on '{trained.get('variable')}' in "
+                                  f"{trained['units']}, but the data are in {units}. Convert "
+                                  f"the input to {trained['units']}.")
+        self.data_info = trained

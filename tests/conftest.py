@@ -1,0 +1,125 @@
+"""Shared fixtures: the real sample files and writers of small generated NetCDF files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+
+def field_values(nt: int, nlat: int, nlon: int, seed: int = 0) -> np.ndarray[Any, Any]:
+    """A reproducible field whose every value is distinct (so reorderings are visible)."""
+    rng = np.random.default_rng(seed)
+    return 280.0 + np.arange(nt * nlat * nlon).reshape(nt, nlat, nlon) * 0.01 + rng.random(
+        (nt, nlat, nlon)) * 1e-3
+
+
+def make_latlon_nc(
+    path: Path,
+    nlat: int = 6,
+    nlon: int = 8,
+    *,
+    nt: int = 3,
+    lat: Any = None,
+    lon: Any = None,
+    data: Any = None,
+    variable: str = "tas",
+    units: str | None = "K",
+    calendar: str | None = "noleap",
+    time_units: str = "days since 2000-01-01",
+    start: int = 0,
+    bounds: dict[str, Any] | None = None,
+    fill_value: Any = np.nan,
+    fmt: str = "NETCDF4",
+    extra_dims: dict[str, int] | None = None,
+    dim_names: tuple[str, str] = ("lat", "lon"),
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Write a small ``(time, lat, lon)`` file and return its path.
+
+    Args:
+        path: Where to write.
+        nlat, nlon: Grid size (ignored where ``lat``/``lon`` are given).
+        nt: Number of time steps; 0 writes a field without a time dimension.
+        lat, lon: Cell centres; default a 1-degree grid at 40.5N, 10.5E upwards.
+        data: The values, shape ``(nt, nlat, nlon)``; default :func:`field_values`.
+        calendar: CF calendar of the time axis (None: no calendar attribute).
+        start: First time value (in ``time_units``).
+        bounds: Bounds arrays ``(n, 2)`` by dimension name, written as CF bounds variables.
+        fill_value: ``_FillValue`` encoding of the variable (None: none declared).
+        fmt: NetCDF format, e.g. ``"NETCDF3_CLASSIC"``.
+        extra_dims: Extra dimensions (name: size) put between time and the grid.
+        dim_names: Names of the latitude and longitude dimensions.
+        attrs: Extra attributes of the variable.
+    """
+    lat = np.arange(nlat) + 40.5 if lat is None else np.asarray(lat, dtype=np.float64)
+    lon = np.arange(nlon) + 10.5 if lon is None else np.asarray(lon, dtype=np.float64)
+    ydim, xdim = dim_names
+    extra = extra_dims or {}
+    shape = (max(nt, 1), *extra.values(), lat.size, lon.size)
+    if data is None:
+        data = field_values(max(nt, 1), lat.size, lon.size).reshape(
+            (max(nt, 1), *[1] * len(extra), lat.size, lon.size)) * np.ones(shape)
+    dims: tuple[str, ...] = ("time", *extra, ydim, xdim)
+    coords: dict[str, Any] = {
+        ydim: (ydim, lat, {"units": "degrees_north", "standard_name": "latitude"}),
+        xdim: (xdim, lon, {"units": "degrees_east", "standard_name": "longitude"}),
+    }
+    for name, size in extra.items():
+        coords[name] = (name, np.arange(size, dtype=np.float64))
+    if nt:
+        time_attrs = {"units": time_units, "standard_name": "time"}
+        if calendar is not None:
+            time_attrs["calendar"] = calendar
+        coords["time"] = ("time", np.arange(start, start + nt, dtype=np.float64), time_attrs)
+    else:
+        dims, data = dims[1:], np.asarray(data)[0]
+    var_attrs = {"standard_name": "air_temperature", **(attrs or {})}
+    if units is not None:
+        var_attrs["units"] = units
+    ds = xr.Dataset({variable: (dims, np.asarray(data, dtype=np.float64), var_attrs)},
+                    coords=coords)
+    for dim, values in (bounds or {}).items():
+        ds[f"{dim}_bnds"] = ((dim, "nv"), np.asarray(values, dtype=np.float64))
+        ds[dim].attrs["bounds"] = f"{dim}_bnds"
+    ds[variable].encoding["_FillValue"] = fill_value
+    ds.to_netcdf(path, format=fmt)
+    return path
+
+
+NcFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def latlon_nc(tmp_path: Path) -> NcFactory:
+    """``latlon_nc(name="x.nc", **kwargs)`` writes :func:`make_latlon_nc` into tmp_path."""
+
+    def make(name: str = "field.nc", *args: Any, **kwargs: Any) -> Path:
+        return make_latlon_nc(tmp_path / name, *args, **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def e1_path() -> Path:
+    """iris-sample-data's E1 scenario: 240 annual steps, 360_day calendar, no bounds."""
+    iris_sample_data = pytest.importorskip("iris_sample_data")
+    path = Path(os.path.join(iris_sample_data.path, "E1_north_america.nc"))
+    if not path.exists():
+        pytest.skip("iris-sample-data lacks E1_north_america.nc")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hadisst_path() -> Path:
+    """cartopy's HadISST 1-degree global SST (one month, land missing, latitude descending)."""
+    cartopy = pytest.importorskip("cartopy")
+    path = Path(cartopy.__file__).parent / "data" / "netcdf" / "HadISST1_SST_update.nc"
+    if not path.exists():
+        pytest.skip("cartopy lacks HadISST1_SST_update.nc")
+    return path
