@@ -22,6 +22,7 @@ from downscale.errors import DownscaleError
 #: Subcommands handled outside LightningCLI: name -> (module, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("downscale.demo", "train on embedded real data, write a NetCDF and a map"),
+    "check": ("downscale.check", "audit a coarse/fine NetCDF pair for mass conservation"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; --config YAML, --print_config)",

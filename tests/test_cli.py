@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from downscale.metrics import conservation_error
 
 from downscale.aggregate import area_weighted_block_mean
 from downscale.data import DownscalingDataModule
 from downscale.grid import cell_areas
 from downscale.main import main
+from downscale.metrics import conservation_error
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "e1_tiny.yaml")

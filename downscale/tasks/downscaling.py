@@ -11,9 +11,42 @@ from torch import Tensor
 
 from downscale.baselines import UpsamplingMethod, upsample
 from downscale.errors import CheckpointError
-from downscale.metrics import conservation_error
+from downscale.metrics import (
+    bias,
+    checkerboard_index,
+    conservation_error,
+    mae,
+    rmse,
+    spectral_artifact_index,
+)
 from downscale.nn import ConservingDecoder
 from downscale.nn.conserving import ConstraintMode
+
+
+def evaluation_metrics(batch: dict[str, Tensor], pred: Tensor, factor: int) -> dict[str, float]:
+    """Validation/test figures of one batch of whole fields or tiles, against the baselines.
+
+    Returns skill (``mae``, ``bias``), exact conservation (``conservation_max_rel``,
+    ``conservation_global_rel``), artifacts (``checkerboard_index``,
+    ``spectral_artifact_db``) and ``rmse_<baseline>`` for bilinear, bicubic and
+    piecewise-constant upsampling of the same coarse input.
+    """
+    coarse = batch["coarse"].double().cpu().numpy()
+    area = batch["fine_area"][0, 0].double().cpu().numpy()
+    truth = batch["fine"].double().cpu().numpy()
+    fine = pred.detach().double().cpu().numpy()
+    periodic = bool(batch["periodic"].all())
+    valid = batch["fine_valid"].cpu().numpy()
+    err = conservation_error(fine, coarse, area, factor)
+    out = {"mae": mae(fine, truth), "bias": bias(fine, truth),
+           "conservation_max_rel": err.max_rel, "conservation_global_rel": err.global_rel,
+           "checkerboard_index": float(np.nanmean([checkerboard_index(f[0], factor)
+                                                   for f in fine])),
+           "spectral_artifact_db": spectral_artifact_index(fine[:, 0], factor)}
+    for method in UpsamplingMethod:
+        baseline = upsample(coarse, factor, method, periodic=periodic, fine_valid=valid)
+        out[f"rmse_{method.value}"] = rmse(baseline, truth)
+    return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
 class DownscalingTask(L.LightningModule):
@@ -21,8 +54,8 @@ class DownscalingTask(L.LightningModule):
 
     The loss is the mean squared error in normalised units over valid fine cells. Logged:
     ``{train,val,test}_loss`` and ``_rmse`` (variable units); at validation and test also
-    ``_rmse_bicubic`` (the baseline on the same tiles), ``_conservation_max_rel`` and
-    ``_conservation_global_rel`` (area-weighted, see :mod:`downscale.metrics`).
+    the figures of :func:`evaluation_metrics` (skill, exact conservation, checkerboard and
+    spectral artifact indices, and the RMSE of the baselines on the same tiles).
 
     Args:
         factor: Upsampling factor; linked from the DataModule by the CLI.
@@ -93,20 +126,8 @@ class DownscalingTask(L.LightningModule):
         n = batch["fine"].shape[0]
         self.log(f"{prefix}_loss", loss, prog_bar=prefix == "val", batch_size=n, sync_dist=True)
         self.log(f"{prefix}_rmse", rmse, prog_bar=prefix == "val", batch_size=n, sync_dist=True)
-        coarse = batch["coarse"].double().cpu().numpy()
-        area = batch["fine_area"][0, 0].double().cpu().numpy()
-        fine = pred.detach().double().cpu().numpy()
-        err = conservation_error(fine, coarse, area, self.factor)
-        self.log(f"{prefix}_conservation_max_rel", err.max_rel, batch_size=n, sync_dist=True)
-        self.log(f"{prefix}_conservation_global_rel", err.global_rel, batch_size=n,
-                 sync_dist=True)
-        bicubic = upsample(coarse, self.factor, UpsamplingMethod.BICUBIC,
-                           periodic=bool(batch["periodic"].all()))
-        truth = batch["fine"].double().cpu().numpy()
-        both = np.isfinite(bicubic) & np.isfinite(truth)
-        if both.any():
-            base_rmse = float(np.sqrt(np.mean((bicubic[both] - truth[both]) ** 2)))
-            self.log(f"{prefix}_rmse_bicubic", base_rmse, batch_size=n, sync_dist=True)
+        for name, value in evaluation_metrics(batch, pred, self.factor).items():
+            self.log(f"{prefix}_{name}", value, batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

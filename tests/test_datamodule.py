@@ -1,0 +1,107 @@
+"""DownscalingDataModule: splits, statistics, patches, tiles, workers, coarse files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from downscale.aggregate import coarsen_field, crop_to_factor
+from downscale.data import DownscalingDataModule
+from downscale.data.datamodule import split_times
+from downscale.errors import InputError
+from downscale.io import open_field, write_netcdf
+from downscale.manifest import resolve
+from downscale.testing import assert_mass_conserved
+
+E1 = "manifest://e1_north_america"
+
+
+def test_time_split_is_contiguous_and_disjoint() -> None:
+    train, val, test = split_times(240, 0.15, 0.15)
+    assert (len(train), len(val), len(test)) == (168, 36, 36)
+    assert not set(train) & set(val) and not set(val) & set(test)
+    assert max(train) < min(val) and max(val) < min(test)
+
+
+def test_statistics_come_from_the_training_split_only() -> None:
+    dm = DownscalingDataModule(E1, "air_temperature", 4)
+    dm.setup()
+    assert dm.stats is not None
+    train = dm.source.read(dm.splits["train"], slice(None), slice(None)).astype("f8")
+    assert dm.stats.mean == pytest.approx(train.mean(), rel=1e-9)
+    assert dm.stats.std == pytest.approx(train.std(), rel=1e-6)
+    everything = dm.source.read(dm.splits["all"], slice(None), slice(None)).astype("f8")
+    assert abs(dm.stats.mean - everything.mean()) > 1e-3  # the warming scenario drifts
+
+
+def test_patches_are_conservative_pairs_and_reproducible() -> None:
+    dm = DownscalingDataModule(E1, "air_temperature", 4, patch_size=16, batch_size=4,
+                               samples_per_epoch=8)
+    dm.setup()
+    first = next(iter(dm.train_dataloader()))
+    again = next(iter(dm.train_dataloader()))
+    assert torch.equal(first["fine"], again["fine"])
+    assert first["coarse"].shape == (4, 1, 4, 4) and first["fine"].shape == (4, 1, 16, 16)
+    for sample in range(4):
+        area = first["fine_area"][sample, 0].double().numpy()
+        assert_mass_conserved(first["fine"][sample].double().numpy(),
+                              first["coarse"][sample].double().numpy(), area, 4, rtol=1e-6)
+
+
+def test_workers_open_their_own_files_and_give_the_same_batches() -> None:
+    kwargs = {"patch_size": 16, "batch_size": 4, "samples_per_epoch": 8}
+    single = DownscalingDataModule(E1, "air_temperature", 4, **kwargs)
+    multi = DownscalingDataModule(E1, "air_temperature", 4, num_workers=2, **kwargs)
+    single.setup()
+    multi.setup()
+    a = [b["fine"] for b in single.train_dataloader()]
+    b = [b["fine"] for b in multi.train_dataloader()]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_small_grid_clips_the_patch_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    dm = DownscalingDataModule(E1, "air_temperature", 4, patch_size=256)
+    with caplog.at_level(logging.INFO, logger="downscale"):
+        dm.setup()
+    assert dm.patch_shape == (36, 48)
+    assert "clipped" in caplog.text
+
+
+def test_masked_field_tiles_keep_the_land_mask() -> None:
+    dm = DownscalingDataModule("manifest://hadisst_sst", "sst", 4)
+    dm.setup()
+    tile = dm.tiles("val")[0]
+    assert bool(tile["periodic"])  # a whole global field wraps in longitude
+    land = ~tile["fine_valid"][0]
+    assert 0.3 < float(land.float().mean()) < 0.4
+    assert torch.isnan(tile["fine"][0][land]).all()
+
+
+def test_user_coarse_file_must_nest(tmp_path: Path) -> None:
+    fine = crop_to_factor(open_field(resolve("e1_north_america"), "air_temperature"), (4, 4))
+    coarse = coarsen_field(fine, "air_temperature", (4, 4)).load()
+    write_netcdf(coarse, tmp_path / "coarse.nc")
+    dm = DownscalingDataModule(E1, "air_temperature", 4, coarse_path=str(tmp_path / "coarse.nc"),
+                               patch_size=16, batch_size=2, samples_per_epoch=2)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.isfinite(batch["coarse"]).all()
+    wrong = DownscalingDataModule(E1, "air_temperature", 2,
+                                  coarse_path=str(tmp_path / "coarse.nc"))
+    with pytest.raises(InputError, match="does not nest"):
+        wrong.setup()
+
+
+def test_state_dict_round_trip_keeps_statistics() -> None:
+    dm = DownscalingDataModule(E1, "air_temperature", 4)
+    dm.setup()
+    state = dm.state_dict()
+    assert state["variable"] == "air_temperature" and state["units"] == "K"
+    restored = DownscalingDataModule(E1, "air_temperature", 4)
+    restored.load_state_dict(state)
+    assert restored.stats == dm.stats
+    assert np.isfinite(state["stats"]["std"])

@@ -1,0 +1,22 @@
+"""``downscale demo`` end to end, with a short training budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from downscale.main import main
+
+
+def test_demo_writes_netcdf_png_and_reports(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    main(["demo", "--output", str(out), "--max-time", "4"])
+    report = capsys.readouterr().out
+    assert "RMSE model" in report and "RMSE bicubic" in report
+    assert (out / "demo_map.png").stat().st_size > 10_000
+    with xr.open_dataset(out / "downscaled.nc") as ds:
+        assert ds["air_temperature"].shape == (36, 36, 48)
+        assert ds.attrs["Conventions"].startswith("CF-")
