@@ -13,9 +13,9 @@ from downscale.main import main
 def test_demo_writes_netcdf_png_and_reports(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    main(["demo", "--output", str(out), "--max-time", "4"])
+    main(["demo", "--output", str(out), "--epochs", "2"])
     report = capsys.readouterr().out
-    assert "RMSE model" in report and "RMSE bicubic" in report
+    assert "RMSE model" in report and "RMSE bicubic" in report and "2 epochs" in report
     assert (out / "demo_map.png").stat().st_size > 10_000
     with xr.open_dataset(out / "downscaled.nc") as ds:
         assert ds["air_temperature"].shape == (36, 36, 48)

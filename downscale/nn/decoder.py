@@ -2,7 +2,7 @@
 
 Two paths meet before the final constraint::
 
-    x (coarse, physical) --MassConservingConvTranspose2d------------------> base (fine)
+    x (coarse, physical) --MassConservingConvTranspose2d, normalised------> base (fine)
     x (normalised) -> coarse conv blocks -> MassConservingConvTranspose2d
                    -> fine conv blocks ------------------------------------> detail (fine)
     y = LocalConservation(base + std * detail)                             (exact per cell)
@@ -86,7 +86,15 @@ class ConservingDecoder(nn.Module):
 
     def forward(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, fine_valid: Tensor,
                 std: Tensor, periodic: bool = False) -> Tensor:
-        base = self.base(x, fine_area, periodic)
+        # Normalised spread: the mass of the valid coarse cells divided by the valid area the
+        # same kernel spreads. A convex combination of neighbouring coarse values, so flat
+        # input stays flat on the sphere, at edges and along coasts, nothing overshoots near
+        # the poles (tiny fine areas cancel) and positive fields stay positive. Exactness per
+        # coarse cell comes from the final constraint.
+        coarse_valid = torch.isfinite(x).to(x.dtype)
+        spread_area = self.base(coarse_valid, fine_area, periodic)
+        base = self.base(torch.nan_to_num(x) * coarse_valid, fine_area, periodic) / (
+            spread_area.clamp_min(torch.finfo(x.dtype).tiny))
         features = self.stem(torch.cat([x_norm, torch.isfinite(x).to(x_norm.dtype)], 1),
                              periodic)
         for block in self.coarse:
