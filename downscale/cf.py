@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import dask.array as dsa
 import numpy as np
 import xarray as xr
 
@@ -16,19 +18,24 @@ CONVENTIONS = "CF-1.8"
 _KEPT_ATTRS = ("standard_name", "long_name", "units", "cell_methods", "comment")
 
 
-def downscaled_dataset(values: np.ndarray[Any, Any], template: xr.Dataset, variable: str,
-                       source_attrs: dict[str, Any], *, factor: int, checkpoint: str,
-                       fill_value: float = 1e20) -> xr.Dataset:
+def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Dataset,
+                       variable: str, source_attrs: dict[str, Any], *, factor: int,
+                       checkpoint: str, fill_value: float = 1e20, history: str | None = None,
+                       extra_attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Wrap a downscaled array in a CF-compliant Dataset on the fine grid.
 
     Args:
-        values: ``(time, H, W)`` (or ``(H, W)`` for fields without time), NaN = missing.
+        values: ``(time, H, W)`` (or ``(H, W)`` for fields without time), NaN = missing;
+            a numpy array, or a Dask array that stays lazy (written chunk by chunk).
         template: The fine grid (coords and bounds) from :func:`downscale.io.open_field`.
         variable: Output variable name (the source's name).
         source_attrs: The source variable's attributes (units, standard_name, ...).
         factor: The upsampling factor, recorded in the history.
         checkpoint: The checkpoint used, recorded in the history.
         fill_value: ``_FillValue`` written for missing cells.
+        history: What was done, for the ``history`` entry (a timestamp is prepended);
+            default: the ``downscale predict`` command.
+        extra_attrs: Further global attributes (provenance), added last.
 
     """
     ydim = "lat" if "lat" in template.dims else "y"
@@ -58,14 +65,17 @@ def downscaled_dataset(values: np.ndarray[Any, Any], template: xr.Dataset, varia
         ds["time"].attrs.setdefault("axis", "T")
         ds["time"].attrs.pop("bounds", None)
     sources = str(template.attrs.get("source_files", ""))
+    if history is None:
+        history = (f"downscale {__version__} predict --ckpt_path {checkpoint} "
+                   f"(factor {factor}) from {sources}")
     ds.attrs = {
         "Conventions": CONVENTIONS,
         "title": f"{variable} downscaled by a factor of {factor} with downscale",
         "source": f"downscale {__version__}: mass-conserving learned downscaling",
-        "history": history_line(f"downscale {__version__} predict --ckpt_path {checkpoint} "
-                                f"(factor {factor}) from {sources}"),
+        "history": history_line(history),
         "downscale_checkpoint": checkpoint,
         "downscale_factor": np.int32(factor),
         "downscale_inputs": sources,
+        **(extra_attrs or {}),
     }
     return ds

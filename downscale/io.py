@@ -97,7 +97,9 @@ def _open_one(path: Path, variable: str, chunks: dict[str, int] | None) -> xr.Da
         with warnings.catch_warnings():
             # Old files write reference dates like "1-1-1"; xarray decodes them correctly.
             warnings.filterwarnings("ignore", message="Ambiguous reference date")
-            ds = xr.open_dataset(path, engine="netcdf4", chunks={},
+            # Not chunks={}: the file's own chunks make a contiguous variable one Dask chunk,
+            # and reading one time step would load all of it. _normalise_opened chunks it.
+            ds = xr.open_dataset(path, engine="netcdf4", chunks=None,
                                  decode_times=xr.coders.CFDatetimeCoder(use_cftime=None))
     except ValueError as exc:  # xarray's CF decoding: time units, fill values, scaling
         reason = _reason(exc, path).split(". Try ")[0]  # drop xarray's advice to programmers
@@ -128,6 +130,9 @@ def _normalise_opened(ds: xr.Dataset, path: Path, variable: str,
 
     _check_grid_mapping(ds, da, fail)
     _check_auxiliary_coords(ds, da, fail)
+    # Lazy Dask reads of one index of every leading dimension (a time step) at a time, so
+    # memory is bounded by the chunks asked for below, whatever the file's layout.
+    da = da.chunk({d: (1 if i < da.ndim - 2 else -1) for i, d in enumerate(da.dims)})
     field = normalise_field(da, path=path, bounds=_file_bounds(ds, da))
     field[variable].encoding.pop("coordinates", None)  # names coordinates that are dropped
     field[variable] = field[variable].chunk(

@@ -23,6 +23,8 @@ from downscale.errors import DownscaleError
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("downscale.demo", "train on embedded real data, write a NetCDF and a map"),
     "check": ("downscale.check", "audit a coarse/fine NetCDF pair for mass conservation"),
+    "run": ("downscale.run", "downscale coarse NetCDF files with a checkpoint (Dask, resumable)"),
+    "compare": ("downscale.compare", "train decoder variants alike, tabulate skill and artifacts"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train a model (LightningCLI; --config YAML, --print_config)",
@@ -85,6 +87,27 @@ def _run_guarded(action: Callable[[], None]) -> None:
         logging.shutdown()
         print(f"downscale: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    except ValueError as exc:
+        # jsonargparse wraps errors raised while it instantiates classes from a config (a
+        # decoder setting, say) in its own ValueError; the user's error is in the chain.
+        user_error = _wrapped_user_error(exc)
+        if user_error is None:
+            raise
+        logging.shutdown()
+        print(f"downscale: error: {user_error}", file=sys.stderr)
+        raise SystemExit(user_error.exit_code) from None
     except KeyboardInterrupt:
         print("downscale: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _wrapped_user_error(exc: BaseException) -> DownscaleError | None:
+    """The first :class:`DownscaleError` in the cause/context chain of ``exc``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DownscaleError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,0 +1,295 @@
+"""Tiled, overlap-aware inference: a whole coarse field in, its downscaled field out.
+
+Pure numpy/torch (no Dask, no Lightning): :mod:`downscale.run` maps it over Dask chunks.
+
+Tiles and halo
+    The coarse field is cut into tiles of ``tile_size`` fine cells (whole coarse cells).
+    Each tile is extended by a *halo* of ``R`` coarse cells on every side, where ``R`` is
+    the decoder's receptive field (:func:`receptive_field`); the model runs on the extended
+    tile and only the tile's own cells are kept. A fine cell then depends only on coarse
+    cells that are all present in the extended tile, and the replicate/circular padding and
+    the edge folding that the model applies at the extended tile's border reach at most
+    ``R`` coarse cells inwards, into the discarded halo. So a tiled result equals the
+    whole-field result (to float rounding: convolutions of different sizes may sum in a
+    different order).
+
+    The *true* domain edges are treated as in the whole-field run: there the halo is
+    clipped, so the tile's border is the domain's border and the model pads it exactly as
+    it pads the whole field. On a periodic longitude axis the halo wraps around; a tile
+    whose extended width would reach all the way round takes the whole circle instead and
+    runs with ``periodic=True``, as the whole field does.
+
+    The halo is a whole number of coarse cells (a multiple of the factor in fine cells),
+    so cropping it keeps whole coarse blocks. :class:`~downscale.nn.LocalConservation`
+    acts on each coarse block alone, so every kept block stays exactly conservative.
+
+Receptive field
+    :func:`receptive_field` adds up the reach, in coarse cells, of the decoder's feature
+    path (the base path reaches less and is taken as a maximum). With ``s`` the factor:
+
+    * each ``GridConv2d`` with an odd kernel ``k`` reaches ``(k - 1) / 2`` cells at its own
+      resolution: ``rc`` coarse cells for the stem and the coarse blocks together, ``rf``
+      fine cells for the fine blocks and the head together;
+    * a conserving transposed convolution with kernel ``k`` and padding ``p`` writes fine
+      cell ``i`` from the coarse cells ``j`` with ``0 <= i + p - j * s < k``. Followed by
+      the fine convolutions, fine cell ``i = c * s + r`` (any ``0 <= r < s``) reads the
+      upsampled cells ``i - rf .. i + rf`` and so the coarse cells from
+      ``c - (k - 1 - p + rf) // s`` to ``c + (s - 1 + p + rf) // s``;
+    * the total is ``R = rc + max((k - 1 - p + rf) // s, (s - 1 + p + rf) // s)``.
+
+    The local-conservation step mixes cells of one coarse block only and adds no reach.
+    For the default decoder (factor 4, kernel 8, padding 2, one coarse and one fine block:
+    ``rc = 3``, ``rf = 3``) that is ``R = 3 + max(8 // 4, 8 // 4) = 5`` coarse cells. The
+    bound is tight for generic weights: ``tests/test_inference.py`` moves one coarse value
+    and finds fine cells ``R`` coarse cells away changing, none beyond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from downscale.grid import cell_areas_latlon, cell_areas_projected, is_periodic_longitude
+from downscale.nn.conserving import MassConservingConvTranspose2d, block_repeat
+from downscale.nn.decoder import ConservingDecoder
+from downscale.nn.padding import GridConv2d
+
+#: Default bound on ``time steps x fine cells`` of one forward pass (the activations are
+#: about ``hidden_channels x 16`` bytes per fine cell: ~0.5 GiB for 32 channels).
+DEFAULT_BATCH_CELLS = 1 << 20
+
+
+def _conv_reach(conv: GridConv2d) -> int:
+    return int(conv.kernel_size[0]) // 2 * int(conv.dilation[0])
+
+
+def _blocks_reach(blocks: nn.Module) -> int:
+    """Reach of a stack of blocks: their convolutions run one after the other."""
+    return sum(_conv_reach(m) for m in blocks.modules() if isinstance(m, GridConv2d))
+
+
+def upsample_reach(layer: MassConservingConvTranspose2d, fine_reach: int = 0) -> int:
+    """Coarse cells on either side that a conserving upsampler's output reads.
+
+    Args:
+        layer: The conserving transposed convolution (stride ``s``, kernel ``k``,
+            padding ``p``).
+        fine_reach: Fine cells on either side that the layers after it read (``rf``).
+
+    Returns:
+        ``max((k - 1 - p + rf) // s, (s - 1 + p + rf) // s)``.
+    """
+    s, k, p = layer.stride, layer.kernel_size, layer.padding
+    return max((k - 1 - p + fine_reach) // s, (s - 1 + p + fine_reach) // s)
+
+
+def receptive_field(decoder: nn.Module) -> int:
+    """The decoder's receptive field radius in coarse cells (see the module docstring).
+
+    A decoder other than :class:`~downscale.nn.ConservingDecoder` can state its own with a
+    ``receptive_field()`` method returning coarse cells.
+
+    Args:
+        decoder: The decoder (``DownscalingTask.decoder``).
+
+    Returns:
+        ``R``: every fine cell of coarse block ``(c_y, c_x)`` depends only on the coarse
+        cells ``(c_y + dy, c_x + dx)`` with ``|dy|, |dx| <= R``.
+
+    Raises:
+        ValueError: For a decoder whose receptive field is not known.
+    """
+    stated = getattr(decoder, "receptive_field", None)
+    if callable(stated):
+        return int(stated())
+    if not isinstance(decoder, ConservingDecoder):
+        raise ValueError(f"the receptive field of {type(decoder).__name__} is not known (it "
+                         "has no receptive_field() method); give the halo explicitly")
+    coarse = _conv_reach(decoder.stem) + _blocks_reach(decoder.coarse)
+    fine = _blocks_reach(decoder.fine) + _conv_reach(decoder.head)
+    return max(coarse + upsample_reach(decoder.upsample, fine), upsample_reach(decoder.base))
+
+
+def fine_bounds(coarse_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
+    """Split each coarse cell evenly into ``factor`` fine cells.
+
+    Args:
+        coarse_bounds: ``(n, 2)`` ascending (lower, upper) edges, degrees or metres.
+        factor: Fine cells per coarse cell.
+
+    Returns:
+        Fine bounds of shape ``(n * factor, 2)`` in the same units.
+    """
+    cb = np.asarray(coarse_bounds, dtype=np.float64)
+    step = (cb[:, 1] - cb[:, 0]) / factor
+    lower = cb[:, :1] + step[:, None] * np.arange(factor)
+    upper = cb[:, :1] + step[:, None] * np.arange(1, factor + 1)
+    upper[:, -1] = cb[:, 1]  # the coarse edge itself, not a rounded sum
+    return np.stack([lower.ravel(), upper.ravel()], axis=1)
+
+
+def fine_cell_areas(coarse_y_bnds: NDArray[np.floating], coarse_x_bnds: NDArray[np.floating],
+                    factor: int, *, latlon: bool = True) -> NDArray[np.float64]:
+    """Cell areas (m^2) of the fine grid that splits each coarse cell ``factor x factor``.
+
+    Args:
+        coarse_y_bnds: ``(h, 2)`` latitude (degrees) or y (metres) bounds.
+        coarse_x_bnds: ``(w, 2)`` longitude (degrees) or x (metres) bounds.
+        factor: Fine cells per coarse cell along each axis.
+        latlon: Spherical areas of a latitude-longitude grid, else planar areas.
+
+    Returns:
+        ``(h * factor, w * factor)`` areas in m^2.
+    """
+    yb, xb = fine_bounds(coarse_y_bnds, factor), fine_bounds(coarse_x_bnds, factor)
+    return cell_areas_latlon(yb, xb) if latlon else cell_areas_projected(yb, xb)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: the coarse rows/columns it reads and the part of the result it keeps.
+
+    Attributes:
+        rows: Coarse row indices of the extended tile (tile plus halo), ``(ny,)``.
+        cols: Coarse column indices of the extended tile, ``(nx,)`` (may wrap around).
+        keep_rows: The tile's own coarse rows, as a slice of ``rows``.
+        keep_cols: The tile's own coarse columns, as a slice of ``cols``.
+        out_rows: Where the kept rows go in the whole coarse grid.
+        out_cols: Where the kept columns go in the whole coarse grid.
+        periodic: Whether the extended tile is the whole periodic longitude circle.
+    """
+
+    rows: NDArray[np.intp]
+    cols: NDArray[np.intp]
+    keep_rows: slice
+    keep_cols: slice
+    out_rows: slice
+    out_cols: slice
+    periodic: bool
+
+
+def _axis_windows(n: int, size: int, halo: int, periodic: bool
+                  ) -> Iterator[tuple[NDArray[np.intp], slice, slice, bool]]:
+    """Extended windows along one axis: (indices, kept part, output part, whole circle)."""
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        if periodic and (stop - start) + 2 * halo >= n:
+            # Reaches all the way round: the whole circle, padded circularly by the model.
+            yield np.arange(n), slice(start, stop), slice(start, stop), True
+        elif periodic:
+            yield (np.arange(start - halo, stop + halo) % n, slice(halo, halo + stop - start),
+                   slice(start, stop), False)
+        else:
+            lo, hi = max(start - halo, 0), min(stop + halo, n)
+            yield (np.arange(lo, hi), slice(start - lo, stop - lo), slice(start, stop), False)
+
+
+def plan_tiles(shape: tuple[int, int], tile: int | None, halo: int, periodic: bool
+               ) -> list[Tile]:
+    """Cut a coarse grid into tiles with halos (see the module docstring).
+
+    Args:
+        shape: ``(h, w)`` coarse cells.
+        tile: Tile edge in coarse cells; None for the whole field (no halo needed).
+        halo: Halo width in coarse cells.
+        periodic: Whether the last axis is a periodic longitude.
+
+    Returns:
+        Tiles whose kept parts cover the grid exactly once.
+    """
+    h, w = shape
+    size = max(h, w) if tile is None else max(int(tile), 1)
+    tiles = []
+    for rows, keep_r, out_r, _ in _axis_windows(h, size, halo, periodic=False):
+        for cols, keep_c, out_c, whole in _axis_windows(w, size, halo, periodic):
+            tiles.append(Tile(rows, cols, keep_r, keep_c, out_r, out_c, periodic and whole))
+    return tiles
+
+
+def model_halo(model: nn.Module) -> int:
+    """The halo tiles of ``model`` need: its decoder's :func:`receptive_field`, coarse cells.
+
+    Raises:
+        ValueError: For a decoder whose receptive field is not known.
+    """
+    return receptive_field(getattr(model, "decoder", model))
+
+
+def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
+                    coarse_y_bnds: NDArray[np.floating], coarse_x_bnds: NDArray[np.floating],
+                    factor: int, *, tile_size: int | None = None, periodic: bool | None = None,
+                    latlon: bool = True, halo: int | None = None,
+                    batch_cells: int = DEFAULT_BATCH_CELLS) -> NDArray[np.float32]:
+    """Downscale whole coarse fields, tile by tile with halos, exactly conservatively.
+
+    Args:
+        model: A module called as ``model(coarse, fine_area, fine_valid, periodic)`` with
+            shapes ``(B, 1, h, w)``, ``(1, 1, H, W)``, ``(B, 1, H, W)`` returning
+            ``(B, 1, H, W)`` physical values, e.g. a
+            :class:`~downscale.tasks.DownscalingTask` (in eval mode).
+        coarse: ``(T, h, w)`` coarse values in the model's units, NaN = missing.
+        coarse_y_bnds: ``(h, 2)`` ascending latitude (degrees) or y (metres) bounds.
+        coarse_x_bnds: ``(w, 2)`` ascending longitude (degrees) or x (metres) bounds.
+        factor: The model's upsampling factor.
+        tile_size: Tile edge in *fine* cells, rounded down to whole coarse cells (at least
+            one); None runs the whole field at once.
+        periodic: Whether longitude is periodic; None infers it from ``coarse_x_bnds``
+            (a full 360 degree circle on a lat-lon grid).
+        latlon: Lat-lon grid (spherical areas) or projected grid in metres.
+        halo: Halo in coarse cells; None uses the decoder's :func:`receptive_field`. A
+            smaller halo than that makes tiles differ from the whole-field result.
+        batch_cells: At most this many ``time steps x fine cells`` per forward pass.
+
+    Returns:
+        ``(T, h * factor, w * factor)`` float32 fine values, NaN where the coarse cell is
+        missing. The area-weighted mean of every coarse cell's fine cells equals its
+        coarse value (float32 rounding).
+
+    Raises:
+        ValueError: For a coarse array that is not 3-D, a negative halo, or tiles without
+            a halo for a decoder whose receptive field is not known.
+    """
+    values = np.asarray(coarse)
+    if values.ndim != 3:
+        raise ValueError(f"coarse must have shape (T, h, w), got {values.shape}")
+    t_len, h, w = values.shape
+    if periodic is None:
+        periodic = latlon and is_periodic_longitude(coarse_x_bnds)
+    y_bnds, x_bnds = np.asarray(coarse_y_bnds), np.asarray(coarse_x_bnds)
+    # Areas per tile (the whole fine grid in float64 would be 8 bytes a cell), in units of
+    # the mean fine cell: only ratios within a coarse block matter, and float32 likes ~1.
+    area_unit = float(np.mean(fine_cell_areas(y_bnds, x_bnds, 1, latlon=latlon))) / factor**2
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    if tile_size is not None and halo is None:
+        halo = model_halo(model)
+    if halo is not None and halo < 0:
+        raise ValueError(f"halo must be >= 0 coarse cells, got {halo}")
+    tiles = plan_tiles((h, w), None if tile_size is None else tile_size // factor, halo or 0,
+                       periodic)
+    out = np.empty((t_len, h * factor, w * factor), dtype=np.float32)
+    with torch.inference_mode():
+        for tile in tiles:
+            tile_area = torch.from_numpy(fine_cell_areas(
+                y_bnds[tile.rows], x_bnds[tile.cols], factor, latlon=latlon) / area_unit
+            ).to(device, dtype)
+            tile_coarse = values[:, tile.rows][:, :, tile.cols]
+            steps = max(1, batch_cells // tile_area.numel())
+            ys = slice(tile.keep_rows.start * factor, tile.keep_rows.stop * factor)
+            xs = slice(tile.keep_cols.start * factor, tile.keep_cols.stop * factor)
+            oy = slice(tile.out_rows.start * factor, tile.out_rows.stop * factor)
+            ox = slice(tile.out_cols.start * factor, tile.out_cols.stop * factor)
+            for t0 in range(0, t_len, steps):
+                x = torch.from_numpy(np.ascontiguousarray(tile_coarse[t0:t0 + steps, None]))
+                x = x.to(device, dtype)
+                valid = block_repeat(torch.isfinite(x), factor)
+                y: Tensor = model(x, tile_area[None, None], valid, tile.periodic)
+                out[t0:t0 + steps, oy, ox] = y[:, 0, ys, xs].float().cpu().numpy()
+    return out
+
