@@ -20,6 +20,7 @@ alias frequencies).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 
@@ -586,3 +587,300 @@ def _paired_difference(pred: ArrayLike, truth: ArrayLike
                                np.asarray(truth, dtype=np.float64))
     both = np.isfinite(p) & np.isfinite(t)
     return p[both] - t[both], both
+
+
+# ---------------------------------------------------------------------------------------
+# Terrain slopes
+# ---------------------------------------------------------------------------------------
+
+
+def slope_violation_fraction(slope: ArrayLike, theta_max_deg: float) -> float:
+    """Share of cells steeper than the limit ``theta_max_deg`` (DESIGN.md §5).
+
+    Args:
+        slope: Slope magnitudes ``|grad h|`` (m/m, the tangent of the slope angle), any
+            shape, e.g. from :func:`downscale.losses.slope`; NaN = undefined, left out.
+        theta_max_deg: The limit in degrees, ``0 < theta_max_deg < 90``.
+
+    Returns:
+        The fraction in ``[0, 1]`` of the finite slopes with ``slope > tan(theta_max)``;
+        NaN if no slope is finite.
+
+    Raises:
+        ValueError: If ``theta_max_deg`` is not in ``(0, 90)``.
+    """
+    if not 0.0 < theta_max_deg < 90.0:
+        raise ValueError(f"theta_max_deg must be in (0, 90) degrees, got {theta_max_deg}")
+    values = np.asarray(slope, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan
+    return float(np.mean(values > math.tan(math.radians(theta_max_deg))))
+
+
+def slope_wasserstein_distance(slope: ArrayLike, reference: ArrayLike, *,
+                               weights: ArrayLike | None = None,
+                               reference_weights: ArrayLike | None = None) -> float:
+    """1-D Wasserstein (earth mover's) distance between two slope distributions.
+
+    Every finite cell is one sample of its distribution (optionally weighted, e.g. by cell
+    area); the two fields need not have the same shape. The distance is the area between
+    the two cumulative distribution functions (:func:`scipy.stats.wasserstein_distance`).
+
+    Args:
+        slope: Slope magnitudes of the generated terrain (m/m), any shape; NaN left out.
+        reference: Slope magnitudes of the real terrain (m/m), any shape; NaN left out.
+        weights: Non-negative weights of ``slope``'s cells, same shape, or None (equal).
+        reference_weights: Weights of ``reference``'s cells, same shape, or None.
+
+    Returns:
+        The distance in m/m (0 for identical distributions); NaN if either has no finite
+        slope.
+    """
+    # Imported here: only this metric needs scipy.stats.
+    from scipy.stats import wasserstein_distance
+
+    samples: list[tuple[FloatArray, FloatArray | None]] = []
+    for values, w in ((slope, weights), (reference, reference_weights)):
+        arr = np.asarray(values, dtype=np.float64)
+        keep = np.isfinite(arr)
+        if w is not None:
+            w_arr = np.broadcast_to(np.asarray(w, dtype=np.float64), arr.shape)
+            keep &= np.isfinite(w_arr) & (w_arr >= 0)
+            samples.append((arr[keep], w_arr[keep]))
+        else:
+            samples.append((arr[keep], None))
+    (u, u_w), (v, v_w) = samples
+    if u.size == 0 or v.size == 0:
+        return math.nan
+    return float(wasserstein_distance(u, v, u_w, v_w))
+
+
+def slope_angle_percentile(slope: ArrayLike, q: float) -> float:
+    """The ``q``-th percentile of the slope angle in degrees: a data-driven slope limit.
+
+    Args:
+        slope: Slope magnitudes (m/m), any shape; NaN left out.
+        q: Percentile in ``[0, 100]``.
+
+    Returns:
+        ``degrees(arctan(percentile(slope, q)))``; NaN if no slope is finite.
+    """
+    values = np.asarray(slope, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan
+    return float(np.degrees(np.arctan(np.percentile(values, q))))
+
+
+# ---------------------------------------------------------------------------------------
+# Decoder artifacts: phase coverage, translation equivariance, spectral replicas
+# ---------------------------------------------------------------------------------------
+
+
+def phase_coverage(kernel_size: int, stride: int) -> NDArray[np.int64]:
+    """How many input cells reach each output phase of a transposed convolution.
+
+    With stride ``s`` and a ``k x k`` kernel, output cell ``i`` (full output, before
+    cropping) receives tap ``t`` of input cell ``(i - t) / s`` exactly when
+    ``t = i (mod s)``; the number of taps per phase along one axis is ``ceil(k/s)`` or
+    ``floor(k/s)``, so it varies by ``ceil(k/s) - floor(k/s)`` (zero iff ``s`` divides
+    ``k``; Odena et al. 2016). Cropping (padding) only relabels the phases.
+
+    Args:
+        kernel_size: ``k >= 1``.
+        stride: ``s >= 1``.
+
+    Returns:
+        Integer array ``(s, s)``: entry ``(a, b)`` counts the input cells that reach an
+        output cell of phase ``(a, b)`` (the product of the two axes' counts).
+    """
+    if kernel_size < 1 or stride < 1:
+        raise ValueError(f"need kernel_size, stride >= 1, got {kernel_size}, {stride}")
+    counts = np.bincount(np.arange(kernel_size) % stride, minlength=stride).astype(np.int64)
+    return np.outer(counts, counts)
+
+
+def phase_weight_sums(kernel: ArrayLike, stride: int) -> FloatArray:
+    """Per-phase sums of a transposed-convolution kernel: the response to a flat input.
+
+    A constant input ``c`` gives ``c * sums[a, b]`` at output phase ``(a, b)`` (DESIGN.md
+    §4), so the output is flat only if every phase sums to ``1 / s^2`` (for a kernel that
+    sums to one).
+
+    Args:
+        kernel: Weights ``(..., k, k)``.
+        stride: ``s``.
+
+    Returns:
+        ``(..., s, s)``: ``sums[..., a, b] = sum(kernel[..., a::s, b::s])``.
+    """
+    w = np.asarray(kernel, dtype=np.float64)
+    if w.ndim < 2 or stride < 1:
+        raise ValueError(f"expected kernels (..., k, k) and stride >= 1, got {w.shape}, "
+                         f"{stride}")
+    out = np.empty((*w.shape[:-2], stride, stride))
+    for a, b in np.ndindex(stride, stride):
+        out[..., a, b] = w[..., a::stride, b::stride].sum(axis=(-2, -1))
+    return out
+
+
+def zero_insertion(coarse: ArrayLike, factor: int) -> FloatArray:
+    """Upsample by inserting zeros: each coarse value times ``factor^2`` on one fine cell.
+
+    The first half of a transposed convolution (the second is a convolution with its
+    kernel). On equal areas it keeps the mass; its spectrum is the coarse spectrum repeated
+    at the image frequencies ``(j, l) / factor`` cycles per fine cell, which an
+    interpolation filter must remove.
+
+    Args:
+        coarse: ``(..., h, w)``.
+        factor: ``f >= 1``.
+
+    Returns:
+        ``(..., h f, w f)`` with the coarse values (times ``f^2``) at cells ``(f i, f j)``.
+    """
+    values = np.asarray(coarse, dtype=np.float64)
+    if values.ndim < 2 or factor < 1:
+        raise ValueError(f"expected (..., h, w) and factor >= 1, got {values.shape}, {factor}")
+    *lead, h, w = values.shape
+    fine = np.zeros((*lead, h * factor, w * factor))
+    fine[..., ::factor, ::factor] = values * factor**2
+    return fine
+
+
+def spectral_replica_leakage(fine: ArrayLike, factor: int, *, hann: bool = True) -> float:
+    """Power an upsampler leaves at the images of the coarse spectrum, relative to the baseband.
+
+    Zero-insertion view of upsampling by ``f``: the fine spectrum is the coarse one (the
+    baseband, ``|nu_y|, |nu_x| < 1 / (2 f)`` cycles per fine cell) plus ``f^2 - 1`` images
+    of it centred on ``(j, l) / f``; together they tile the whole spectrum. An ideal
+    interpolator keeps the baseband and removes the images. Definition:
+
+    1. each 2-D slice has its mean removed (and is tapered by a periodic 2-D Hann window
+       when ``hann``, against the jump at the wrap-around of a non-periodic field);
+    2. ``P = sum over slices of |FFT2|^2``;
+    3. ``leakage = (sum P outside the baseband) / (sum P inside)``, bins on the band edge
+       (the coarse Nyquist frequency) counting half to each side.
+
+    Zero insertion of white noise scores ``f^2 - 1`` (15 at ``f = 4``), ideal (sinc)
+    interpolation 0. A real fine field has its own power beyond the coarse scales, so the
+    truth's leakage is the reference: more is artifact or noise, less is over-smoothing.
+
+    Args:
+        fine: ``(..., H, W)``; missing cells are filled from their nearest valid neighbour.
+        factor: Upsampling factor ``f >= 2``.
+        hann: Taper with a Hann window (recommended unless the field is periodic in both
+            axes).
+
+    Returns:
+        The dimensionless ratio (0 for a constant field, ``inf`` if the baseband is empty
+        but the rest is not); NaN if the field has no valid cell.
+    """
+    values = np.asarray(fine, dtype=np.float64)
+    if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or factor < 2:
+        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+    if values.ndim < 2:
+        raise ValueError(f"expected a field of shape (..., H, W), got {values.shape}")
+    if not np.isfinite(values).any():
+        return math.nan
+    h, w = values.shape[-2:]
+    planes = fill_missing_nearest(values).reshape(-1, h, w)
+    planes = planes - planes.mean(axis=(-2, -1), keepdims=True)
+    if hann:
+        planes = planes * np.outer(_hann(h), _hann(w))
+    power = (np.abs(np.fft.fft2(planes)) ** 2).sum(axis=0)
+    band = np.outer(_baseband_weight(h, factor), _baseband_weight(w, factor))
+    total = float(power.sum())
+    inside = float((power * band).sum())
+    return _ratio(total - inside, inside) if total > 0 else 0.0
+
+
+def _baseband_weight(n: int, factor: int) -> FloatArray:
+    """1 inside the coarse band ``|nu| < 1/(2f)``, 1/2 on its edge, 0 outside."""
+    distance = np.abs(np.abs(np.fft.fftfreq(n)) * 2 * factor - 1.0)  # 0 on the band edge
+    inside = np.abs(np.fft.fftfreq(n)) * 2 * factor < 1.0
+    return np.where(distance < 1e-9, 0.5, inside.astype(np.float64))
+
+
+def equivariance_error(model: Callable[[FloatArray], ArrayLike], coarse: ArrayLike,
+                       factor: int, shift: tuple[float, float] = (0.0, 1.0), *,
+                       periodic: bool | tuple[bool, bool] = False,
+                       margin: int | None = None) -> float:
+    """How far a downscaling model is from commuting with a translation of its input.
+
+    ``model(S_d x)`` is compared with ``S_{f d} model(x)``, where ``S_d`` shifts by
+    ``d = (d_y, d_x)`` coarse cells and ``S_{f d}`` by the same distance on the fine grid.
+    Whole-cell shifts are exact rolls; fractional ones interpolate with cubic splines
+    (``scipy.ndimage.shift``), wrapping on periodic axes and holding the edge value on the
+    others. A transposed convolution commutes with whole coarse-cell shifts whatever its
+    kernel; sub-pixel shifts break that, more so for rough or off-centre kernels (seed
+    document, "Impact on Translation Equivariance").
+
+    Along a non-periodic shifted axis the rolled-in strip is not data, so ``margin`` coarse
+    cells at both ends of that axis are left out of the comparison.
+
+    Args:
+        model: ``model(coarse) -> fine``: ``(..., h, w)`` to ``(..., h f, w f)``, numpy in
+            and out (wrap a torch module in a small function).
+        coarse: The input, ``(..., h, w)``.
+        factor: Upsampling factor ``f``.
+        shift: ``(d_y, d_x)`` in coarse cells, e.g. ``(0, 1)`` (whole cell) or
+            ``(0, 0.5)`` (sub-pixel).
+        periodic: Whether each axis ``(y, x)`` wraps around (one bool for both).
+        margin: Coarse cells left out at each end of a shifted non-periodic axis;
+            ``ceil(|d|) + 2`` by default.
+
+    Returns:
+        ``RMS(model(S_d x) - S_{f d} model(x)) / std(model(x))`` over the compared cells
+        (each slice's own mean removed for the std): dimensionless, 0 for a perfectly
+        equivariant model. NaN if no cell is compared.
+
+    Raises:
+        ValueError: If the model's output does not have the fine shape, or the margin
+            leaves no cell.
+    """
+    x = np.asarray(coarse, dtype=np.float64)
+    wraps = (periodic, periodic) if isinstance(periodic, bool) else tuple(periodic)
+    if x.ndim < 2 or len(wraps) != 2:
+        raise ValueError(f"expected coarse (..., h, w) and two periodic flags, got {x.shape}")
+    reference = np.asarray(model(x), dtype=np.float64)
+    expected_shape = (*x.shape[:-2], x.shape[-2] * factor, x.shape[-1] * factor)
+    if reference.shape != expected_shape:
+        raise ValueError(f"model output has shape {reference.shape}, expected "
+                         f"{expected_shape}")
+    moved = np.asarray(model(_shift_field(x, shift, wraps)), dtype=np.float64)
+    expected = _shift_field(reference, (shift[0] * factor, shift[1] * factor), wraps)
+    keep = np.ones(reference.shape[-2:], dtype=bool)
+    for axis, (d, wrap) in enumerate(zip(shift, wraps, strict=True)):
+        if d != 0 and not wrap:
+            m = (math.ceil(abs(d)) + 2 if margin is None else margin) * factor
+            if 2 * m >= keep.shape[axis]:
+                raise ValueError(f"margin of {m} fine cells leaves nothing of axis {axis} "
+                                 f"({keep.shape[axis]} cells)")
+            edge = [slice(None), slice(None)]
+            edge[axis] = slice(0, m)
+            keep[tuple(edge)] = False
+            edge[axis] = slice(keep.shape[axis] - m, None)
+            keep[tuple(edge)] = False
+    use = keep & np.isfinite(moved) & np.isfinite(expected) & np.isfinite(reference)
+    if not use.any():
+        return math.nan
+    diff = (moved - expected)[use]
+    return math.sqrt(float(np.mean(diff**2))) / _spatial_std(reference, use)
+
+
+def _shift_field(field: FloatArray, shift: tuple[float, float], wraps: tuple[bool, ...]
+                 ) -> FloatArray:
+    """Shift the last two axes by ``shift`` cells: roll whole cells, splines otherwise."""
+    out = field
+    for axis, (d, wrap) in zip((-2, -1), zip(shift, wraps, strict=True), strict=True):
+        if d == 0:
+            continue
+        if float(d).is_integer():
+            out = np.roll(out, int(d), axis=axis)
+        else:
+            vector = [0.0] * out.ndim
+            vector[axis] = float(d)
+            out = ndimage.shift(out, vector, order=3, mode="grid-wrap" if wrap else "nearest")
+    return out

@@ -2,5 +2,12 @@
 
 from downscale.data.datamodule import DownscalingDataModule
 from downscale.data.source import FieldSource, NormStats
+from downscale.data.terrain import DEMSource, TerrainDataModule
 
-__all__ = ["DownscalingDataModule", "FieldSource", "NormStats"]
+__all__ = [
+    "DEMSource",
+    "DownscalingDataModule",
+    "FieldSource",
+    "NormStats",
+    "TerrainDataModule",
+]

@@ -7,11 +7,41 @@ from downscale.nn.conserving import (
     block_sum,
 )
 from downscale.nn.decoder import ConservingDecoder
+from downscale.nn.decoders import (
+    PixelShuffleDecoder,
+    ResizeConvDecoder,
+    TransposedConvDecoder,
+    UNetDecoder,
+)
+from downscale.nn.mitigations import (
+    AntiAliasFilter,
+    DecoderConfigError,
+    PhaseMixingConv,
+    SpatialAttentionSmoothing,
+    sobolev_h1_penalty,
+    transposed_kernel_penalty,
+    transposed_kernels,
+)
+from downscale.nn.terrain import TerrainGenerator
 
 __all__ = [
     "ConservingDecoder",
     "LocalConservation",
     "MassConservingConvTranspose2d",
+    "TerrainGenerator",
     "block_mean",
     "block_sum",
+]
+__all__ += [
+    "AntiAliasFilter",
+    "DecoderConfigError",
+    "PhaseMixingConv",
+    "PixelShuffleDecoder",
+    "ResizeConvDecoder",
+    "SpatialAttentionSmoothing",
+    "TransposedConvDecoder",
+    "UNetDecoder",
+    "sobolev_h1_penalty",
+    "transposed_kernel_penalty",
+    "transposed_kernels",
 ]

@@ -21,6 +21,11 @@ from downscale.metrics import (
 )
 from downscale.nn import ConservingDecoder
 from downscale.nn.conserving import ConstraintMode
+from downscale.nn.mitigations import (
+    DecoderConfigError,
+    transposed_kernel_penalty,
+    transposed_kernels,
+)
 
 
 def evaluation_metrics(batch: dict[str, Tensor], pred: Tensor, factor: int) -> dict[str, float]:
@@ -49,6 +54,26 @@ def evaluation_metrics(batch: dict[str, Tensor], pred: Tensor, factor: int) -> d
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
+def _unconfigured_modules(**modules: object) -> list[str]:
+    """Names of module arguments that no config describes: not saved as hyperparameters.
+
+    Under the CLI, Lightning saves the parsed config (a decoder is its
+    ``class_path``/``init_args``), which lets ``load_from_checkpoint`` and
+    ``--ckpt_path`` rebuild it. A module built in Python has no such description (its weights
+    are in the state dict anyway), and Lightning warns about module hyperparameters.
+    """
+    # Private in Lightning (2.3+): the config the CLI is instantiating, if any.
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - other Lightning versions
+        given = None
+    else:
+        given = _given_hyperparameters.get()
+    return [name for name, value in modules.items()
+            if isinstance(value, torch.nn.Module)
+            and (given is None or isinstance(given.get(name), torch.nn.Module))]
+
+
 class DownscalingTask(L.LightningModule):
     """Learn to downscale one variable by an integer factor, conserving mass exactly.
 
@@ -68,18 +93,41 @@ class DownscalingTask(L.LightningModule):
         phase_balanced: Phase-balanced conserving kernels (no checkerboard on flat input).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        decoder: Another decoder (``class_path``/``init_args`` in YAML), e.g. one of
+            :mod:`downscale.nn.decoders`: any module with a ``factor`` attribute and
+            ``forward(x, x_norm, fine_area, fine_valid, std, periodic)``. Its factor must
+            equal ``factor``. None builds :class:`~downscale.nn.ConservingDecoder` from the
+            five arguments above, which are ignored otherwise.
+        sobolev_weight: Weight of the Sobolev H1 penalty on the decoder's transposed
+            convolution kernels (:func:`~downscale.nn.transposed_kernel_penalty`), added to
+            the training loss and logged as ``train_sobolev``; 0 turns it off.
+
+    Raises:
+        DecoderConfigError: (a ``ValueError``; the CLI prints one line) if the decoder's
+            factor differs from ``factor`` or the weight is negative.
 
     """
 
     def __init__(self, factor: int = 4, hidden_channels: int = 32, coarse_blocks: int = 2,
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
-                 phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4
-                 ) -> None:
+                 phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=_unconfigured_modules(decoder=decoder))
         self.factor, self.lr, self.weight_decay = factor, lr, weight_decay
-        self.decoder = ConservingDecoder(1, factor, hidden_channels, coarse_blocks, fine_blocks,
-                                         constraint, phase_balanced)
+        if decoder is None:
+            decoder = ConservingDecoder(1, factor, hidden_channels, coarse_blocks, fine_blocks,
+                                        constraint, phase_balanced)
+        elif getattr(decoder, "factor", None) != factor:
+            raise DecoderConfigError(
+                f"model.decoder ({type(decoder).__name__}) upsamples by factor "
+                f"{getattr(decoder, 'factor', '(none: it has no factor attribute)')}, but the "
+                f"data use factor {factor}. Set model.init_args.decoder.init_args.factor: "
+                f"{factor} (or --data.factor to the decoder's factor).")
+        if not sobolev_weight >= 0:
+            raise DecoderConfigError(f"sobolev_weight must be >= 0, got {sobolev_weight}")
+        self.decoder = decoder
+        self.sobolev_weight = sobolev_weight
         # Normalisation of the training split, filled at fit start, saved in checkpoints.
         self.norm_mean: Tensor
         self.norm_std: Tensor
@@ -118,6 +166,10 @@ class DownscalingTask(L.LightningModule):
         n = batch["fine"].shape[0]
         self.log("train_loss", loss, prog_bar=True, batch_size=n)
         self.log("train_rmse", rmse, batch_size=n)
+        if self.sobolev_weight > 0:
+            penalty = transposed_kernel_penalty(transposed_kernels(self.decoder))
+            self.log("train_sobolev", penalty, batch_size=n)
+            loss = loss + self.sobolev_weight * penalty.to(loss)
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], prefix: str) -> None:
