@@ -276,7 +276,7 @@ def subdivide_grid(coarse: xr.Dataset, factor: int, variable: str | None = None)
 
 
 def _open_netcdf(path: Path, variable: str | None) -> xr.Dataset:
-    name = variable or _netcdf_elevation_name(path)
+    name = variable or netcdf_elevation_name(path)
     ds = open_field(path, name)
     units = str(ds[name].attrs.get("units", "m")).strip()
     if units.lower() not in _METRE_UNITS:
@@ -287,7 +287,7 @@ def _open_netcdf(path: Path, variable: str | None) -> xr.Dataset:
     return ds
 
 
-def _netcdf_elevation_name(path: Path) -> str:
+def netcdf_elevation_name(path: Path) -> str:
     """The elevation variable of a NetCDF DEM: its only 2-D+ variable, or a known name."""
     try:
         with xr.open_dataset(path, engine="netcdf4", decode_times=False) as ds:

@@ -12,6 +12,8 @@ Examples::
         --time-block 120 --scheduler tcp://10.0.0.1:8786
     # in this process, no Dask cluster (small jobs, debugging)
     downscale run --checkpoint model.ckpt --input tas_2deg.nc --output tas_fine.nc --workers 0
+    # terrain: a TerrainTask checkpoint turns a coarse DEM into a fine one (surface_altitude)
+    downscale run --checkpoint terrain.ckpt --input dem_coarse.nc --output dem_fine.nc
 
 How it works (DESIGN.md §8):
 
@@ -26,6 +28,9 @@ How it works (DESIGN.md §8):
 * ``--output``: the workers compute chunks and this process writes them to the one file as
   they come (a bounded number in flight). ``--output-dir``: each output file is one task and
   the workers write their files in parallel (the directory must be visible to them).
+* A terrain generator's checkpoint runs the same way on coarse DEMs (any elevation
+  variable in metres; whole fields only, since the generator takes each field's relief
+  about its own mean).
 * Every file is written to a temporary name, verified and renamed
   (:func:`downscale.io.write_netcdf`): a final name only ever holds a complete file.
 * Resumable: ``downscale_manifest.json`` next to the outputs records each output's sha256
@@ -96,6 +101,8 @@ class CheckpointInfo:
         units: That variable's units (None if the training data had none).
         factor: Upsampling factor.
         config: Hyperparameters, training data and normalisation (JSON-able).
+        task: The LightningModule it holds: ``"DownscalingTask"`` (a climate variable) or
+            ``"TerrainTask"`` (the terrain generator: coarse DEM in, fine DEM out).
     """
 
     path: str
@@ -104,6 +111,29 @@ class CheckpointInfo:
     units: str | None
     factor: int
     config: dict[str, Any]
+    task: str = "DownscalingTask"
+
+    @property
+    def is_terrain(self) -> bool:
+        """Whether the checkpoint is a terrain generator (any DEM's elevation, in metres)."""
+        return self.task == "TerrainTask"
+
+
+#: The LightningModules ``run`` loads, by class name. A checkpoint names its class
+#: (``_class_path``) but only these are ever imported: no code is chosen by the file.
+TASKS = {"DownscalingTask": "downscale.tasks.DownscalingTask",
+         "TerrainTask": "downscale.tasks.TerrainTask"}
+
+
+def _task_name(hparams: dict[str, Any], state: dict[str, Any]) -> str | None:
+    """The task a checkpoint holds: its recorded class, else what its weights belong to."""
+    class_path = str(hparams.get("_class_path") or "")
+    if class_path:
+        name = class_path.rsplit(".", 1)[-1]
+        return name if TASKS.get(name) == class_path else None
+    if any(key.startswith("generator.") for key in state):
+        return "TerrainTask"
+    return "DownscalingTask"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -148,13 +178,18 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
                               "variable and factor it was trained for). Give a .ckpt file "
                               "saved by 'downscale fit' with a DownscalingTask.")
     state = raw.get("state_dict", {})
+    task = _task_name(hparams, state)
+    if task is None:
+        raise CheckpointError(f"{where}: holds a {hparams.get('_class_path')}, which "
+                              f"'downscale run' does not run. Give a checkpoint of "
+                              f"{' or '.join(TASKS)}.")
     norm = {k: float(state[f"norm_{k}"].flatten()[0]) for k in ("mean", "std")
             if f"norm_{k}" in state}
     config = {"hyper_parameters": {k: v for k, v in hparams.items() if not k.startswith("_")},
-              "trained_on": trained, "normalisation": norm}
+              "trained_on": trained, "normalisation": norm, "task": task}
     return CheckpointInfo(str(where.resolve()), file_sha256(where), str(trained["variable"]),
                           trained.get("units"), int(hparams["factor"]),
-                          json.loads(json.dumps(config, default=str)))
+                          json.loads(json.dumps(config, default=str)), task)
 
 
 _MODELS: dict[tuple[str, str, str], Any] = {}
@@ -162,13 +197,17 @@ _MODELS: dict[tuple[str, str, str], Any] = {}
 MODEL_LOADS = 0
 
 
-def load_model(checkpoint: str, sha256: str, device: str = "cpu") -> Any:
-    """The checkpoint's ``DownscalingTask`` in eval mode, loaded once per process.
+def load_model(checkpoint: str, sha256: str, device: str = "cpu",
+               task: str = "DownscalingTask") -> Any:
+    """The checkpoint's model in eval mode, loaded once per process.
 
     Args:
         checkpoint: Path of the checkpoint.
         sha256: Its expected sha256 (part of the cache key; checked when loading).
         device: Torch device to put the model on; ``"auto"``: cuda where available.
+        task: A key of :data:`TASKS` (:attr:`CheckpointInfo.task`). A ``TerrainTask`` is
+            wrapped in :class:`~downscale.tasks.terrain.TerrainFieldModel`, so both are
+            called alike by :func:`downscale.inference.downscale_field`.
 
     Raises:
         CheckpointError: The file changed since the run started, or cannot be loaded.
@@ -180,14 +219,22 @@ def load_model(checkpoint: str, sha256: str, device: str = "cpu") -> Any:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     key = (checkpoint, sha256, device)
     if key not in _MODELS:
-        from downscale.tasks import DownscalingTask
+        import torch
+
+        from downscale.tasks import DownscalingTask, TerrainTask
+        from downscale.tasks.terrain import TerrainFieldModel
 
         if file_sha256(checkpoint) != sha256:
             raise CheckpointError(f"{checkpoint}: the checkpoint changed while the run was "
                                   "going on. Run again.")
+        model: torch.nn.Module
         try:
-            model = DownscalingTask.load_from_checkpoint(checkpoint, map_location="cpu",
-                                                         weights_only=True)
+            if task == "TerrainTask":
+                model = TerrainFieldModel(TerrainTask.load_from_checkpoint(
+                    checkpoint, map_location="cpu", weights_only=True))
+            else:
+                model = DownscalingTask.load_from_checkpoint(checkpoint, map_location="cpu",
+                                                             weights_only=True)
         except CheckpointError:
             raise
         except Exception as exc:
@@ -216,6 +263,7 @@ class Job:
         device: Torch device of the model (``auto``: cuda where the task runs has one).
         history: The command, for the ``history`` attribute.
         attrs: Provenance attributes of every output.
+        task: The checkpoint's task (:attr:`CheckpointInfo.task`).
     """
 
     checkpoint: str
@@ -228,6 +276,7 @@ class Job:
     device: str
     history: str
     attrs: dict[str, str]
+    task: str = "DownscalingTask"
 
 
 @dataclass(frozen=True)
@@ -278,7 +327,7 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> F
     ydim, xdim = horizontal_dims(ds)
     values = source.read(slice(start, stop), slice(None), slice(None))
     check_values(source.data, values, path=", ".join(inputs))
-    model = load_model(job.checkpoint, job.checkpoint_sha256, job.device)
+    model = load_model(job.checkpoint, job.checkpoint_sha256, job.device, job.task)
     fine = downscale_field(model, values, ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values,
                            job.factor, tile_size=job.tile_size, halo=job.halo,
                            latlon=ydim == "lat")
@@ -773,6 +822,20 @@ def _halo(model: Any, args: argparse.Namespace, ckpt: CheckpointInfo) -> int | N
                               "cells), or leave out --tile-size.") from exc
 
 
+def _default_variable(ckpt: CheckpointInfo, first_input: str) -> str:
+    """The variable to downscale when ``--variable`` is not given.
+
+    A downscaling checkpoint's own variable; for a terrain generator, which applies to any
+    DEM, the elevation variable of the first input (``standard_name: surface_altitude``,
+    or its only gridded variable).
+    """
+    if not ckpt.is_terrain:
+        return ckpt.variable
+    from downscale.dem import netcdf_elevation_name
+
+    return netcdf_elevation_name(Path(first_input))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``downscale run`` (see the module docstring).
 
@@ -789,14 +852,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise InputError(f"--workers must be >= 0, got {args.workers}",
                          hint="use 0 to run in this process")
     ckpt = read_checkpoint(args.checkpoint)
-    variable = args.variable or ckpt.variable
-    if variable != ckpt.variable:
+    variable = args.variable or _default_variable(ckpt, str(args.input[0]))
+    if variable != ckpt.variable and not ckpt.is_terrain:
         raise CheckpointError(f"{ckpt.path}: trained for variable '{ckpt.variable}', but "
                               f"--variable selects '{variable}'. Use a checkpoint trained for "
                               f"'{variable}'.")
     fields = _open_inputs([str(p) for p in args.input], variable, ckpt)
     directory, plans = plan_outputs(args, ckpt, variable, fields)
-    model = load_model(ckpt.path, ckpt.sha256, "cpu")  # fail here, not on every worker
+    model = load_model(ckpt.path, ckpt.sha256, "cpu", ckpt.task)  # fail here, not per worker
     halo = _halo(model, args, ckpt)
     inputs = ", ".join(str(p) for p in args.input)
     job = Job(checkpoint=ckpt.path, checkpoint_sha256=ckpt.sha256, variable=variable,
@@ -805,6 +868,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               device=args.device,
               history=(f"downscale {__version__} run --checkpoint {ckpt.path} --variable "
                        f"{variable} --input {' '.join(map(str, args.input))}"),
+              task=ckpt.task,
               attrs={"downscale_checkpoint_sha256": ckpt.sha256,
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,

@@ -267,3 +267,33 @@ def test_checkpoint_for_another_factor_is_refused(tmp_path: Path,
     assert info.value.code == 2
     assert "factor 4" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_run_generates_the_same_terrain_as_predict(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``downscale run`` takes a terrain checkpoint too: coarse DEM in, CF fine DEM out."""
+    ckpt = _fit(tmp_path)
+    _, coarse = coarsen_dem(open_dem("manifest://topobathy"), 4)
+    coarse_nc = write_netcdf(coarse.isel(time=0).compute(), tmp_path / "coarse.nc")
+    predicted, generated = tmp_path / "predicted.nc", tmp_path / "generated.nc"
+    main(["predict", "--config", TINY, "--ckpt_path", str(ckpt), "--data.coarse_dem",
+          str(coarse_nc), "--prediction_writer.output", str(predicted)])
+    main(["run", "--checkpoint", str(ckpt), "--input", str(coarse_nc), "--output",
+          str(generated), "--workers", "0", "--no-progress"])
+    with xr.open_dataset(predicted) as a, xr.open_dataset(generated) as b:
+        da = b["topo"]  # the input's variable, though the generator was trained on another
+        assert da.dims == ("lat", "lon") and da.shape == (88, 120)
+        assert da.attrs["standard_name"] == "surface_altitude" and da.attrs["units"] == "m"
+        assert b.attrs["downscale_command"] == "run"
+        np.testing.assert_allclose(da.values, a["topo"].values, rtol=0, atol=1e-3)
+        got, _ = area_weighted_block_mean(da.values.astype("f8"), cell_areas(b).values, (4, 4))
+    expected = coarse["topo"].isel(time=0).values
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)  # metres, float32 output
+    # Tiles would change the terrain (relief is taken about each field's mean): refused.
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--checkpoint", str(ckpt), "--input", str(coarse_nc), "--output",
+              str(tmp_path / "tiled.nc"), "--workers", "0", "--tile-size", "32"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot tile" in err and "leave out --tile-size" in err
+    assert not (tmp_path / "tiled.nc").exists()

@@ -224,6 +224,41 @@ class TerrainTask(L.LightningModule):
         self.data_info = trained
 
 
+class TerrainFieldModel(torch.nn.Module):
+    """A trained :class:`TerrainTask` called like a downscaling model, for ``downscale run``.
+
+    :func:`downscale.inference.downscale_field` calls its model as
+    ``model(coarse, fine_area, fine_valid, periodic)``; this forwards to
+    :meth:`TerrainTask.generate` with the task's fixed noise seed, so a rerun generates
+    the same terrain.
+
+    Args:
+        task: The trained generator (in eval mode when used).
+    """
+
+    def __init__(self, task: TerrainTask) -> None:
+        super().__init__()
+        self.task = task
+        self.factor = task.factor
+
+    def forward(self, coarse: Tensor, fine_area: Tensor, fine_valid: Tensor,
+                periodic: bool = False) -> Tensor:
+        """``(B, 1, h, w)`` coarse elevation (m) to ``(B, 1, h*f, w*f)`` (NaN off-grid)."""
+        fine = self.task.generate({"coarse": coarse, "fine_area": fine_area.expand(
+            coarse.shape[0], -1, -1, -1)}, self.task.noise_seed)
+        return torch.where(fine_valid, fine, torch.full_like(fine, torch.nan))
+
+    def receptive_field(self) -> int:
+        """Tiles are refused: each field's relief is taken about its own mean elevation.
+
+        Raises:
+            ValueError: Always (a tile's mean differs from the whole field's, so tiled
+                terrain would not equal the whole-field terrain).
+        """
+        raise ValueError("the terrain generator takes each field's relief about its own "
+                         "mean elevation, so tiles would differ from the whole field")
+
+
 # ---------------------------------------------------------------------------------------
 # Short fits and evaluation (notebook, tests, acceptance pipeline)
 # ---------------------------------------------------------------------------------------
