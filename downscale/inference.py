@@ -38,7 +38,9 @@ Receptive field
     * the total is ``R = rc + max((k - 1 - p + rf) // s, (s - 1 + p + rf) // s)``.
 
     The local-conservation step mixes cells of one coarse block only and adds no reach.
-    For the default decoder (factor 4, kernel 8, padding 2, one coarse and one fine block:
+    A static fine covariate, added to the upsampled features through its own convolution
+    (reach ``rv``), reaches ``(s - 1 + rv + rf) // s`` coarse cells. For the default
+    decoder (factor 4, kernel 8, padding 2, one coarse and one fine block:
     ``rc = 3``, ``rf = 3``) that is ``R = 3 + max(8 // 4, 8 // 4) = 5`` coarse cells. The
     bound is tight for generic weights: ``tests/test_inference.py`` moves one coarse value
     and finds fine cells ``R`` coarse cells away changing, none beyond.
@@ -112,7 +114,12 @@ def receptive_field(decoder: nn.Module) -> int:
                          "has no receptive_field() method); give the halo explicitly")
     coarse = _conv_reach(decoder.stem) + _blocks_reach(decoder.coarse)
     fine = _blocks_reach(decoder.fine) + _conv_reach(decoder.head)
-    return max(coarse + upsample_reach(decoder.upsample, fine), upsample_reach(decoder.base))
+    reach = max(coarse + upsample_reach(decoder.upsample, fine), upsample_reach(decoder.base))
+    if decoder.covariate_stem is not None:
+        # The fine covariate joins after the upsampler: its own conv, then the fine layers.
+        f = decoder.factor
+        reach = max(reach, (f - 1 + _conv_reach(decoder.covariate_stem) + fine) // f)
+    return reach
 
 
 def fine_bounds(coarse_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
@@ -224,7 +231,8 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
                     coarse_y_bnds: NDArray[np.floating], coarse_x_bnds: NDArray[np.floating],
                     factor: int, *, tile_size: int | None = None, periodic: bool | None = None,
                     latlon: bool = True, halo: int | None = None,
-                    batch_cells: int = DEFAULT_BATCH_CELLS) -> NDArray[np.float32]:
+                    batch_cells: int = DEFAULT_BATCH_CELLS,
+                    covariate: NDArray[np.floating] | None = None) -> NDArray[np.float32]:
     """Downscale whole coarse fields, tile by tile with halos, exactly conservatively.
 
     Args:
@@ -244,6 +252,9 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
         halo: Halo in coarse cells; None uses the decoder's :func:`receptive_field`. A
             smaller halo than that makes tiles differ from the whole-field result.
         batch_cells: At most this many ``time steps x fine cells`` per forward pass.
+        covariate: Static ``(C, h * factor, w * factor)`` covariate on the fine grid for a
+            model trained with one (passed as ``model(..., covariate=...)``, each tile its
+            own part), or None.
 
     Returns:
         ``(T, h * factor, w * factor)`` float32 fine values, NaN where the coarse cell is
@@ -274,8 +285,13 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
     tiles = plan_tiles((h, w), None if tile_size is None else tile_size // factor, halo or 0,
                        periodic)
     out = np.empty((t_len, h * factor, w * factor), dtype=np.float32)
+    extra: dict[str, Tensor] = {}
     with torch.inference_mode():
         for tile in tiles:
+            if covariate is not None:
+                rows, cols = _fine_indices(tile.rows, factor), _fine_indices(tile.cols, factor)
+                extra["covariate"] = torch.from_numpy(np.ascontiguousarray(
+                    covariate[:, rows][:, :, cols])).to(device, dtype)[None]
             tile_area = torch.from_numpy(fine_cell_areas(
                 y_bnds[tile.rows], x_bnds[tile.cols], factor, latlon=latlon) / area_unit
             ).to(device, dtype)
@@ -289,7 +305,14 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
                 x = torch.from_numpy(np.ascontiguousarray(tile_coarse[t0:t0 + steps, None]))
                 x = x.to(device, dtype)
                 valid = block_repeat(torch.isfinite(x), factor)
-                y: Tensor = model(x, tile_area[None, None], valid, tile.periodic)
+                if extra:
+                    extra["covariate"] = extra["covariate"][:1].expand(x.shape[0], -1, -1, -1)
+                y: Tensor = model(x, tile_area[None, None], valid, tile.periodic, **extra)
                 out[t0:t0 + steps, oy, ox] = y[:, 0, ys, xs].float().cpu().numpy()
     return out
 
+
+
+def _fine_indices(coarse_indices: NDArray[np.intp], factor: int) -> NDArray[np.intp]:
+    """The fine rows (or columns) of the given coarse ones, in order."""
+    return (coarse_indices[:, None] * factor + np.arange(factor)).ravel()

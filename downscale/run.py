@@ -61,16 +61,20 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import dask
 import dask.array as dsa
 import numpy as np
 import xarray as xr
+from numpy.typing import NDArray
 
 from downscale import __version__
 from downscale.errors import CheckpointError, InputError
 from downscale.grid import horizontal_dims
+
+if TYPE_CHECKING:
+    from downscale.data.covariate import StaticCovariate
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,12 @@ class CheckpointInfo:
     factor: int
     config: dict[str, Any]
     task: str = "DownscalingTask"
+
+    @property
+    def covariate(self) -> dict[str, Any] | None:
+        """The static covariate it was trained with (variable, units, ...), or None."""
+        trained = self.config.get("trained_on", {}).get("covariate")
+        return trained if isinstance(trained, dict) else None
 
     @property
     def is_terrain(self) -> bool:
@@ -264,6 +274,8 @@ class Job:
         history: The command, for the ``history`` attribute.
         attrs: Provenance attributes of every output.
         task: The checkpoint's task (:attr:`CheckpointInfo.task`).
+        covariate: The static fine-grid covariate file, for a model trained with one.
+        covariate_variable: Its variable.
     """
 
     checkpoint: str
@@ -277,6 +289,8 @@ class Job:
     history: str
     attrs: dict[str, str]
     task: str = "DownscalingTask"
+    covariate: str | None = None
+    covariate_variable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -310,6 +324,22 @@ def _source(inputs: tuple[str, ...], variable: str) -> Any:
     return FieldSource(list(inputs), variable, 1, crop=False)
 
 
+@functools.lru_cache(maxsize=2)
+def _covariate(path: str, variable: str | None, factor: int, y_bnds: bytes, x_bnds: bytes
+               ) -> StaticCovariate:
+    """The static covariate on the fine grid of coarse bounds (bytes: a cache key).
+
+    Read once per process; :func:`downscale.data.covariate.load_covariate` checks its grid.
+    """
+    from downscale.data.covariate import load_covariate
+    from downscale.inference import fine_bounds
+
+    def fine(raw: bytes) -> NDArray[np.float64]:
+        return fine_bounds(np.frombuffer(raw, dtype=np.float64).reshape(-1, 2), factor)
+
+    return load_covariate(path, variable, fine(y_bnds), fine(x_bnds))
+
+
 def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> FineChunk:
     """Downscale time steps ``start:stop`` of the inputs (runs on a worker, or here).
 
@@ -328,9 +358,14 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> F
     values = source.read(slice(start, stop), slice(None), slice(None))
     check_values(source.data, values, path=", ".join(inputs))
     model = load_model(job.checkpoint, job.checkpoint_sha256, job.device, job.task)
-    fine = downscale_field(model, values, ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values,
-                           job.factor, tile_size=job.tile_size, halo=job.halo,
-                           latlon=ydim == "lat")
+    y_bnds, x_bnds = ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values
+    covariate = None
+    if job.covariate is not None:
+        covariate = _covariate(job.covariate, job.covariate_variable, job.factor,
+                               np.asarray(y_bnds, np.float64).tobytes(),
+                               np.asarray(x_bnds, np.float64).tobytes()).values[None]
+    fine = downscale_field(model, values, y_bnds, x_bnds, job.factor, tile_size=job.tile_size,
+                           halo=job.halo, latlon=ydim == "lat", covariate=covariate)
     delay = float(os.environ.get(CHUNK_DELAY_ENV) or 0)
     if delay > 0:
         time.sleep(delay)
@@ -582,10 +617,11 @@ def _input_identity(paths: Sequence[str]) -> list[list[Any]]:
 
 
 def _output_key(ckpt: CheckpointInfo, variable: str, inputs: Sequence[str], start: int,
-                stop: int) -> str:
+                stop: int, covariate: str | None = None) -> str:
     text = json.dumps({"checkpoint_sha256": ckpt.sha256, "config": ckpt.config,
                        "variable": variable, "version": __version__,
-                       "inputs": _input_identity(inputs), "time_steps": [start, stop]},
+                       "inputs": _input_identity(inputs), "time_steps": [start, stop],
+                       "covariate": _input_identity([covariate]) if covariate else None},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -603,7 +639,7 @@ def plan_outputs(args: argparse.Namespace, ckpt: CheckpointInfo, variable: str,
             raise InputError("the output would overwrite an input file", path=path,
                              variable=variable, hint="choose another output path")
         return OutputPlan(path, tuple(files), start, stop,
-                          _output_key(ckpt, variable, files, start, stop))
+                          _output_key(ckpt, variable, files, start, stop, args.covariate))
 
     def joined_steps() -> int:
         """Time steps of the inputs joined in time (open_field checks that they join)."""
@@ -776,6 +812,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-block", type=_positive, help="with --output-dir: time steps "
                         "per output file (the inputs joined in time)")
     parser.add_argument("--variable", help="the input variable (default: the checkpoint's)")
+    parser.add_argument("--covariate", help="static covariate on the fine grid (e.g. "
+                        "generated terrain), for a checkpoint trained with one")
+    parser.add_argument("--covariate-variable", help="the covariate's variable (default: "
+                        "the file's elevation variable)")
     parser.add_argument("--tile-size", type=_positive, help="tile edge in fine cells, "
                         "rounded down to whole coarse cells (default: whole fields)")
     parser.add_argument("--halo", type=int, help="tile halo in coarse cells (default: the "
@@ -822,6 +862,29 @@ def _halo(model: Any, args: argparse.Namespace, ckpt: CheckpointInfo) -> int | N
                               "cells), or leave out --tile-size.") from exc
 
 
+def _check_covariate(args: argparse.Namespace, ckpt: CheckpointInfo, field: xr.Dataset) -> None:
+    """The covariate is given exactly when the checkpoint needs one, on the right grid."""
+    trained = ckpt.covariate
+    if trained is None and args.covariate is not None:
+        raise InputError("the checkpoint was trained without a static covariate",
+                         path=args.covariate, hint="leave out --covariate")
+    if trained is None:
+        return
+    if args.covariate is None:
+        raise CheckpointError(f"{ckpt.path}: trained with a static covariate "
+                              f"('{trained.get('variable')}' in {trained.get('units')}). Pass "
+                              "--covariate FILE with it on the fine grid of the input.")
+    args.covariate = str(Path(args.covariate).resolve())  # workers may have another cwd
+    ydim, xdim = horizontal_dims(field)
+    got = _covariate(args.covariate, args.covariate_variable, ckpt.factor,
+                     np.asarray(field[f"{ydim}_bnds"].values, np.float64).tobytes(),
+                     np.asarray(field[f"{xdim}_bnds"].values, np.float64).tobytes())
+    if trained.get("units") and got.units != trained["units"]:
+        raise InputError(f"covariate in {got.units}, but the checkpoint was trained with it "
+                         f"in {trained['units']}", path=args.covariate, variable=got.variable,
+                         hint=f"convert it to {trained['units']}")
+
+
 def _default_variable(ckpt: CheckpointInfo, first_input: str) -> str:
     """The variable to downscale when ``--variable`` is not given.
 
@@ -858,6 +921,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               f"--variable selects '{variable}'. Use a checkpoint trained for "
                               f"'{variable}'.")
     fields = _open_inputs([str(p) for p in args.input], variable, ckpt)
+    _check_covariate(args, ckpt, fields[0])
     directory, plans = plan_outputs(args, ckpt, variable, fields)
     model = load_model(ckpt.path, ckpt.sha256, "cpu", ckpt.task)  # fail here, not per worker
     halo = _halo(model, args, ckpt)
@@ -868,7 +932,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               device=args.device,
               history=(f"downscale {__version__} run --checkpoint {ckpt.path} --variable "
                        f"{variable} --input {' '.join(map(str, args.input))}"),
-              task=ckpt.task,
+              task=ckpt.task, covariate=args.covariate,
+              covariate_variable=args.covariate_variable,
               attrs={"downscale_checkpoint_sha256": ckpt.sha256,
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,

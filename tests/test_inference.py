@@ -33,11 +33,13 @@ def _one_thread() -> Iterator[None]:
 
 
 def _model(factor: int, coarse_blocks: int = 1, fine_blocks: int = 1, seed: int = 0,
-           dtype: torch.dtype = torch.float32) -> DownscalingTask:
+           dtype: torch.dtype = torch.float32, covariate_channels: int = 0
+           ) -> DownscalingTask:
     """A small task with random weights everywhere (the head starts at zero otherwise)."""
     torch.manual_seed(seed)
     model = DownscalingTask(factor=factor, hidden_channels=4, coarse_blocks=coarse_blocks,
-                            fine_blocks=fine_blocks).to(dtype).eval()
+                            fine_blocks=fine_blocks,
+                            covariate_channels=covariate_channels).to(dtype).eval()
     with torch.no_grad():
         for param in model.decoder.parameters():
             param.add_(0.5 * torch.randn_like(param))
@@ -178,3 +180,31 @@ def test_unknown_decoders_need_an_explicit_halo() -> None:
         downscale_field(_Plain(), coarse, lat, lon, 2, tile_size=4)
     out = downscale_field(_Plain(), coarse, lat, lon, 2, tile_size=4, halo=0)
     np.testing.assert_array_equal(out[:, ::2, ::2], coarse)
+
+
+def test_static_covariate_reach_and_tiles() -> None:
+    """A fine covariate changes fine cells no further than the receptive field, and tiles
+    that cut the covariate like the coarse field give the whole-field result."""
+    factor = 2
+    model = _model(factor, 1, 2, dtype=torch.float64, covariate_channels=1)
+    with torch.no_grad():
+        model.covariate_mean.fill_(500.0)
+        model.covariate_std.fill_(300.0)
+    reach = receptive_field(model.decoder)
+    n = 2 * reach + 7
+    rng = np.random.default_rng(3)
+    x = rng.normal(280.0, 5.0, (2, n, n))
+    altitude = rng.normal(500.0, 300.0, (1, n * factor, n * factor))
+    lat, lon = _bounds(30.0, 30.0 + n, n), _bounds(0.0, n, n)
+    base = downscale_field(model, x, lat, lon, factor, covariate=altitude)
+    moved = altitude.copy()
+    moved[0, n // 2 * factor, n // 2 * factor] += 900.0
+    changed = downscale_field(model, x, lat, lon, factor, covariate=moved)[0] != base[0]
+    rows, cols = np.nonzero(changed)
+    offsets = np.concatenate([rows // factor, cols // factor]) - n // 2
+    assert 0 < np.abs(offsets).max() <= reach
+    for tile in (2, 6, 10):
+        tiled = downscale_field(model, x, lat, lon, factor, tile_size=tile, covariate=altitude)
+        np.testing.assert_allclose(tiled, base, rtol=0, atol=1e-9, err_msg=f"tile {tile}")
+    err = conservation_error(base, x, fine_cell_areas(lat, lon, factor), factor)
+    assert err.max_rel < 1e-6  # float32 output

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 from torch.utils.data import DataLoader
 
+from downscale.data.covariate import StaticCovariate, load_covariate
 from downscale.data.samples import RandomPatchDataset, Sample, TileDataset
 from downscale.data.source import FieldSource, NormStats
 from downscale.errors import InputError
@@ -62,6 +63,12 @@ class DownscalingDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (each opens its own file handles).
         crop: Crop a grid that does not divide by ``factor`` (logged); else refuse it.
         seed: Seed of the random patches.
+        covariate_path: Optional NetCDF file of one static field on the fine grid (e.g.
+            surface altitude from the terrain generator), fed to the model as an extra
+            channel (:mod:`downscale.data.covariate`); the model needs
+            ``covariate_channels: 1``.
+        covariate_variable: The covariate's variable; default: the file's elevation
+            variable (``standard_name: surface_altitude``, or its only gridded one).
 
     """
 
@@ -71,7 +78,9 @@ class DownscalingDataModule(L.LightningDataModule):
                  samples_per_epoch: int = 512, val_fraction: float = 0.15,
                  test_fraction: float = 0.15,
                  predict_split: Literal["train", "val", "test", "all"] = "test",
-                 num_workers: int = 0, crop: bool = True, seed: int = 0) -> None:
+                 num_workers: int = 0, crop: bool = True, seed: int = 0,
+                 covariate_path: str | None = None, covariate_variable: str | None = None
+                 ) -> None:
         super().__init__()
         if factor < 2:
             raise InputError(f"factor must be an integer >= 2, got {factor}",
@@ -85,6 +94,8 @@ class DownscalingDataModule(L.LightningDataModule):
         self.source = FieldSource(path, variable, factor, crop)
         self.coarse_source = (FieldSource(coarse_path, variable, 1, crop=False)
                               if coarse_path else None)
+        self.covariate_path, self.covariate_variable = covariate_path, covariate_variable
+        self.covariate: StaticCovariate | None = None
         self.stats: NormStats | None = None
         self._valid: np.ndarray[Any, np.dtype[np.bool_]] | None = None
         self.splits: dict[str, list[int]] = {}
@@ -103,6 +114,14 @@ class DownscalingDataModule(L.LightningDataModule):
         if self.stats is None:  # restored from a checkpoint otherwise
             self.stats = stats
         self._valid = valid
+        if self.covariate_path is not None:
+            ydim, xdim = self.source.dims
+            ds = self.source.dataset
+            self.covariate = load_covariate(self.covariate_path, self.covariate_variable,
+                                            ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values)
+            log.info("Static covariate %s (%s) from %s: mean %.4g, std %.4g",
+                     self.covariate.variable, self.covariate.units, self.covariate.path,
+                     self.covariate.mean, self.covariate.std)
         ph, pw = self.patch_shape
         if (ph, pw) != (self.patch_size // self.factor * self.factor,) * 2:
             log.info("Patch size %d clipped to the %dx%d grid: patches are %dx%d.",
@@ -157,12 +176,16 @@ class DownscalingDataModule(L.LightningDataModule):
         size = self.tile_size
         tile = None if size is None else (size // self.factor * self.factor,) * 2
         return TileDataset(self.source, self.splits[split], tile, self.valid,
-                           self.coarse_source)
+                           self.coarse_source, self._covariate_values)
+
+    @property
+    def _covariate_values(self) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+        return None if self.covariate is None else self.covariate.values
 
     def train_dataloader(self) -> DataLoader[Sample]:
         dataset = RandomPatchDataset(self.source, self.splits["train"], self.patch_shape,
                                      self.valid, self.samples_per_epoch, self.seed,
-                                     self.coarse_source)
+                                     self.coarse_source, self._covariate_values)
         if self.trainer is not None:
             dataset.epoch = self.trainer.current_epoch
         return self._loader(dataset)
@@ -189,9 +212,12 @@ class DownscalingDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: statistics and what the model was trained on."""
-        return {"stats": None if self.stats is None else self.stats.as_dict(),
-                "variable": self.variable, "factor": self.factor,
-                "units": self.variable_attrs.get("units")}
+        state = {"stats": None if self.stats is None else self.stats.as_dict(),
+                 "variable": self.variable, "factor": self.factor,
+                 "units": self.variable_attrs.get("units")}
+        if self.covariate is not None:
+            state["covariate"] = self.covariate.describe()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("stats"):

@@ -6,6 +6,8 @@ Every sample is a dict of tensors (one leading channel dim, ``C = 1``):
 * ``fine``: ``(1, H, W)`` target, NaN where missing (absent for coarse-only inputs);
 * ``fine_area``: ``(1, H, W)`` fine cell areas divided by their mean (unitless);
 * ``fine_valid``: ``(1, H, W)`` cells that carry data (the static mask);
+* ``covariate``: ``(1, H, W)`` a static fine-grid covariate such as surface altitude, in
+  its own units (only when the DataModule has one; see :mod:`downscale.data.covariate`);
 * ``periodic``: whether the sample spans the whole periodic longitude circle;
 * ``time``, ``y0``, ``x0``: where the sample sits in the fine grid.
 """
@@ -62,8 +64,12 @@ def make_sample(fine: NDArray[np.float32], area: NDArray[np.float64], valid: NDA
 
 
 def read_sample(source: FieldSource, coarse_source: FieldSource | None, valid: NDArray[np.bool_],
-                t: int, y0: int, x0: int, size: tuple[int, int]) -> Sample:
-    """Read the fine block at ``(t, y0, x0)`` of ``size`` (and its coarse block) as a sample."""
+                t: int, y0: int, x0: int, size: tuple[int, int],
+                covariate: NDArray[np.float32] | None = None) -> Sample:
+    """Read the fine block at ``(t, y0, x0)`` of ``size`` (and its coarse block) as a sample.
+
+    ``covariate`` is the static ``(H, W)`` fine-grid covariate, if any; its block is added.
+    """
     f = source.factor
     ys, xs = slice(y0, y0 + size[0]), slice(x0, x0 + size[1])
     coarse = None
@@ -71,8 +77,11 @@ def read_sample(source: FieldSource, coarse_source: FieldSource | None, valid: N
         coarse = coarse_source.read(t, slice(y0 // f, (y0 + size[0]) // f),
                                     slice(x0 // f, (x0 + size[1]) // f))
     periodic = source.periodic and size[1] == source.shape[2]
-    return make_sample(source.read(t, ys, xs), source.fine_area[ys, xs], valid[ys, xs], f,
-                       periodic, t, y0, x0, coarse)
+    sample = make_sample(source.read(t, ys, xs), source.fine_area[ys, xs], valid[ys, xs], f,
+                         periodic, t, y0, x0, coarse)
+    if covariate is not None:
+        sample["covariate"] = torch.from_numpy(np.ascontiguousarray(covariate[ys, xs]))[None]
+    return sample
 
 
 class RandomPatchDataset(Dataset[Sample]):
@@ -87,14 +96,16 @@ class RandomPatchDataset(Dataset[Sample]):
         coarse_source: The user's coarse field on the nested grid, if any.
         seed: Base seed; each index gives the same patch in every run (reproducible with
             any number of workers).
+        covariate: Static ``(H, W)`` fine-grid covariate, if any.
 
     """
 
     def __init__(self, source: FieldSource, times: Sequence[int], patch_size: tuple[int, int],
                  valid: NDArray[np.bool_], length: int, seed: int = 0,
-                 coarse_source: FieldSource | None = None) -> None:
+                 coarse_source: FieldSource | None = None,
+                 covariate: NDArray[np.float32] | None = None) -> None:
         self.source, self.times, self.patch_size = source, list(times), patch_size
-        self.coarse_source = coarse_source
+        self.coarse_source, self.covariate = coarse_source, covariate
         self.valid, self.length, self.seed = valid, length, seed
         self.epoch = 0
 
@@ -110,7 +121,7 @@ class RandomPatchDataset(Dataset[Sample]):
         y0 = int(rng.integers(0, (h - ph) // f + 1)) * f
         x0 = int(rng.integers(0, (w - pw) // f + 1)) * f
         return read_sample(self.source, self.coarse_source, self.valid, t, y0, x0,
-                           self.patch_size)
+                           self.patch_size, self.covariate)
 
 
 class TileDataset(Dataset[Sample]):
@@ -123,14 +134,16 @@ class TileDataset(Dataset[Sample]):
             fields.
         valid: Static mask of the fine grid, ``(H, W)``.
         coarse_source: The user's coarse field on the nested grid, if any.
+        covariate: Static ``(H, W)`` fine-grid covariate, if any.
 
     """
 
     def __init__(self, source: FieldSource, times: Sequence[int],
                  tile_size: tuple[int, int] | None, valid: NDArray[np.bool_],
-                 coarse_source: FieldSource | None = None) -> None:
+                 coarse_source: FieldSource | None = None,
+                 covariate: NDArray[np.float32] | None = None) -> None:
         self.source, self.times, self.valid = source, list(times), valid
-        self.coarse_source = coarse_source
+        self.coarse_source, self.covariate = coarse_source, covariate
         _, h, w = source.shape
         th, tw = tile_size or (h, w)
         self.tile_size = (min(th, h), min(tw, w))
@@ -144,4 +157,4 @@ class TileDataset(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         t, y0, x0 = self.index[index]
         return read_sample(self.source, self.coarse_source, self.valid, t, y0, x0,
-                           self.tile_size)
+                           self.tile_size, self.covariate)

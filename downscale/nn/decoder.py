@@ -7,6 +7,11 @@ Two paths meet before the final constraint::
                    -> fine conv blocks ------------------------------------> detail (fine)
     y = LocalConservation(base + std * detail)                             (exact per cell)
 
+An optional static covariate on the fine grid (normalised surface altitude, say) enters the
+feature path twice: its coarse block means join the coarse input of the stem, and the fine
+field itself, through one grid convolution, is added to the upsampled features. It shapes
+the detail only; the final constraint keeps every coarse cell's mass whatever it says.
+
 Both upsamplers are the phase-balanced conserving layer, so flat features stay flat (no
 checkerboard) and the physical base already conserves the domain total. The learned detail
 adds structure; the last step restores the mass of every coarse cell exactly.
@@ -17,7 +22,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from downscale.nn.conserving import ConstraintMode, LocalConservation, MassConservingConvTranspose2d
+from downscale.nn.conserving import (
+    ConstraintMode,
+    LocalConservation,
+    MassConservingConvTranspose2d,
+    block_mean,
+)
 from downscale.nn.padding import GridConv2d
 
 
@@ -49,28 +59,36 @@ class ConservingDecoder(nn.Module):
         fine_blocks: Conv blocks on the fine grid.
         constraint: Final local-conservation mode (see :class:`LocalConservation`).
         phase_balanced: Phase-balanced kernels in the conserving upsamplers.
+        covariate_channels: Static fine-grid covariates given to ``forward`` (0: none).
 
     Shapes:
-        ``forward(x, x_norm, fine_area, fine_valid, std, periodic)``:
+        ``forward(x, x_norm, fine_area, fine_valid, std, periodic, covariate)``:
         ``x`` ``(B, C, h, w)`` physical values (NaN = missing), ``x_norm`` ``(B, C, h, w)``
         normalised with NaN set to 0, ``fine_area`` and ``fine_valid`` broadcastable to
         ``(B, C, h*f, w*f)``, ``std`` broadcastable to ``(B, C, 1, 1)`` (the physical scale
-        of the learned detail). Returns ``(B, C, h*f, w*f)`` physical values.
+        of the learned detail), ``covariate`` ``(B, covariate_channels, h*f, w*f)``
+        normalised with NaN set to 0 (or None without covariates). Returns
+        ``(B, C, h*f, w*f)`` physical values.
 
     """
 
     def __init__(self, channels: int = 1, factor: int = 4, hidden_channels: int = 32,
                  coarse_blocks: int = 2, fine_blocks: int = 1,
-                 constraint: ConstraintMode = "additive", phase_balanced: bool = True) -> None:
+                 constraint: ConstraintMode = "additive", phase_balanced: bool = True,
+                 covariate_channels: int = 0) -> None:
         super().__init__()
-        self.factor = factor
+        if covariate_channels < 0:
+            raise ValueError(f"covariate_channels must be >= 0, got {covariate_channels}")
+        self.factor, self.covariate_channels = factor, covariate_channels
         self.constraint_mode = constraint
         # Mirror-symmetric kernels keep flat input flat at reflecting edges too (see layer).
         # They need k - s even (centred padding): 2s for even factors, 2s + 1 for odd ones.
         kernel_size = 2 * factor + factor % 2
         self.base = MassConservingConvTranspose2d(channels, factor, kernel_size,
                                                   phase_balanced=phase_balanced, symmetric=True)
-        self.stem = GridConv2d(2 * channels, hidden_channels)
+        self.stem = GridConv2d(2 * channels + covariate_channels, hidden_channels)
+        self.covariate_stem = (GridConv2d(covariate_channels, hidden_channels)
+                               if covariate_channels else None)
         self.coarse = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)
                                     for _ in range(coarse_blocks))
         self.upsample = MassConservingConvTranspose2d(hidden_channels, factor, kernel_size,
@@ -85,7 +103,8 @@ class ConservingDecoder(nn.Module):
         self.constraint = LocalConservation(factor, constraint)
 
     def forward(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, fine_valid: Tensor,
-                std: Tensor, periodic: bool = False) -> Tensor:
+                std: Tensor, periodic: bool = False, covariate: Tensor | None = None
+                ) -> Tensor:
         # Normalised spread: the mass of the valid coarse cells divided by the valid area the
         # same kernel spreads. A convex combination of neighbouring coarse values, so flat
         # input stays flat on the sphere, at edges and along coasts, nothing overshoots near
@@ -95,11 +114,19 @@ class ConservingDecoder(nn.Module):
         spread_area = self.base(coarse_valid, fine_area, periodic)
         base = self.base(torch.nan_to_num(x) * coarse_valid, fine_area, periodic) / (
             spread_area.clamp_min(torch.finfo(x.dtype).tiny))
-        features = self.stem(torch.cat([x_norm, torch.isfinite(x).to(x_norm.dtype)], 1),
-                             periodic)
+        coarse_inputs = [x_norm, torch.isfinite(x).to(x_norm.dtype)]
+        if self.covariate_stem is not None:
+            if covariate is None or covariate.shape[1] != self.covariate_channels:
+                raise ValueError(f"this decoder needs {self.covariate_channels} covariate "
+                                 "channel(s) on the fine grid")
+            coarse_inputs.append(block_mean(covariate, fine_area, self.factor)[0])
+        features = self.stem(torch.cat(coarse_inputs, 1), periodic)
         for block in self.coarse:
             features = block(features, periodic)
         features = self.upsample(features, None, periodic)
+        if self.covariate_stem is not None:
+            assert covariate is not None
+            features = features + self.covariate_stem(covariate, periodic)
         for block in self.fine:
             features = block(features, periodic)
         detail = self.head(features, periodic)

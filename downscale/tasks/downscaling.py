@@ -101,6 +101,9 @@ class DownscalingTask(L.LightningModule):
         sobolev_weight: Weight of the Sobolev H1 penalty on the decoder's transposed
             convolution kernels (:func:`~downscale.nn.transposed_kernel_penalty`), added to
             the training loss and logged as ``train_sobolev``; 0 turns it off.
+        covariate_channels: Static fine-grid covariates the model reads (0 or 1): with 1,
+            the DataModule's ``covariate_path`` (e.g. generated terrain) is normalised with
+            its own statistics (saved in the checkpoint) and fed to the default decoder.
 
     Raises:
         DecoderConfigError: (a ``ValueError``; the CLI prints one line) if the decoder's
@@ -111,13 +114,23 @@ class DownscalingTask(L.LightningModule):
     def __init__(self, factor: int = 4, hidden_channels: int = 32, coarse_blocks: int = 2,
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
                  phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4,
-                 decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0) -> None:
+                 decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0,
+                 covariate_channels: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=_unconfigured_modules(decoder=decoder))
         self.factor, self.lr, self.weight_decay = factor, lr, weight_decay
+        if covariate_channels not in (0, 1):
+            raise DecoderConfigError(f"covariate_channels must be 0 or 1, got "
+                                     f"{covariate_channels}")
         if decoder is None:
             decoder = ConservingDecoder(1, factor, hidden_channels, coarse_blocks, fine_blocks,
-                                        constraint, phase_balanced)
+                                        constraint, phase_balanced, covariate_channels)
+        elif getattr(decoder, "covariate_channels", 0) != covariate_channels:
+            raise DecoderConfigError(
+                f"model.decoder ({type(decoder).__name__}) reads "
+                f"{getattr(decoder, 'covariate_channels', 0)} covariate channel(s), but "
+                f"covariate_channels is {covariate_channels}. Use the default decoder "
+                "(decoder: null) for a static covariate.")
         elif getattr(decoder, "factor", None) != factor:
             raise DecoderConfigError(
                 f"model.decoder ({type(decoder).__name__}) upsamples by factor "
@@ -133,21 +146,39 @@ class DownscalingTask(L.LightningModule):
         self.norm_std: Tensor
         self.register_buffer("norm_mean", torch.zeros(1))
         self.register_buffer("norm_std", torch.ones(1))
+        self.covariate_channels = covariate_channels
+        # The covariate's own statistics (e.g. altitude in m), from the training data.
+        self.covariate_mean: Tensor
+        self.covariate_std: Tensor
+        self.register_buffer("covariate_mean", torch.zeros(max(covariate_channels, 1)))
+        self.register_buffer("covariate_std", torch.ones(max(covariate_channels, 1)))
         self.data_info: dict[str, Any] = {}
 
     # -- model -----------------------------------------------------------------------------
     def forward(self, coarse: Tensor, fine_area: Tensor, fine_valid: Tensor,
-                periodic: bool = False) -> Tensor:
-        """Downscale ``(B, 1, h, w)`` physical values to ``(B, 1, h*f, w*f)``."""
+                periodic: bool = False, covariate: Tensor | None = None) -> Tensor:
+        """Downscale ``(B, 1, h, w)`` physical values to ``(B, 1, h*f, w*f)``.
+
+        ``covariate`` is the ``(B, covariate_channels, h*f, w*f)`` static covariate in its
+        own units (NaN = missing), required when ``covariate_channels > 0``.
+        """
         mean = self.norm_mean.view(1, -1, 1, 1)
         std = self.norm_std.view(1, -1, 1, 1)
         x_norm = torch.nan_to_num((coarse - mean) / std, nan=0.0)
-        out: Tensor = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic)
+        if not self.covariate_channels:
+            out: Tensor = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic)
+            return out
+        if covariate is None:
+            raise ValueError("this model was built with a static covariate: pass covariate=")
+        c_mean = self.covariate_mean.view(1, -1, 1, 1)
+        c_std = self.covariate_std.view(1, -1, 1, 1)
+        c_norm = torch.nan_to_num((covariate.to(coarse.dtype) - c_mean) / c_std, nan=0.0)
+        out = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic, c_norm)
         return out
 
     def _predict_batch(self, batch: dict[str, Tensor]) -> Tensor:
         out: Tensor = self(batch["coarse"], batch["fine_area"], batch["fine_valid"],
-                           bool(batch["periodic"].all()))
+                           bool(batch["periodic"].all()), batch.get("covariate"))
         return out
 
     # -- training and evaluation -------------------------------------------------------------
@@ -202,8 +233,26 @@ class DownscalingTask(L.LightningModule):
         if stats is not None:
             self.norm_mean.fill_(stats.mean)
             self.norm_std.fill_(stats.std)
+        covariate = getattr(datamodule, "covariate", None)
+        if covariate is not None:
+            self.covariate_mean.fill_(covariate.mean)
+            self.covariate_std.fill_(covariate.std)
         if datamodule is not None and hasattr(datamodule, "state_dict"):
             self.data_info = {k: v for k, v in datamodule.state_dict().items() if k != "stats"}
+
+    def setup(self, stage: str) -> None:
+        """Check (after the DataModule's setup) that data and model agree on a covariate."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is None or not hasattr(datamodule, "covariate_path"):
+            return
+        covariate = getattr(datamodule, "covariate", None)
+        if (covariate is not None) != bool(self.covariate_channels):
+            given = "sets" if covariate is not None else "does not set"
+            raise DecoderConfigError(
+                f"the data {given} covariate_path, but model.init_args.covariate_channels is "
+                f"{self.covariate_channels}. Set covariate_channels: "
+                f"{int(covariate is not None)} (or {'drop' if covariate is not None else 'set'}"
+                " data.init_args.covariate_path).")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["downscale_data"] = self.data_info
@@ -212,6 +261,12 @@ class DownscalingTask(L.LightningModule):
         """Refuse a checkpoint trained for another factor or variable, before loading it."""
         trained = checkpoint.get("downscale_data", {})
         saved_factor = checkpoint.get("hyper_parameters", {}).get("factor")
+        saved_covariates = checkpoint.get("hyper_parameters", {}).get("covariate_channels", 0)
+        if saved_covariates != self.covariate_channels:
+            raise CheckpointError(f"checkpoint: trained with {saved_covariates} static "
+                                  f"covariate channel(s), but the model is configured for "
+                                  f"{self.covariate_channels}. Set "
+                                  f"--model.init_args.covariate_channels {saved_covariates}.")
         if saved_factor is not None and saved_factor != self.factor:
             raise CheckpointError(f"checkpoint: trained for factor {saved_factor}, but the data "
                                   f"use factor {self.factor}. Use a checkpoint trained "
