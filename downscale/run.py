@@ -115,21 +115,21 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
-    """Read a ``DownscalingTask`` checkpoint's metadata (tensors only, ``weights_only``).
+def load_checkpoint_dict(path: str | os.PathLike[str]) -> Any:
+    """A checkpoint's contents, unpickled with ``weights_only`` (no code runs on loading).
 
     Raises:
-        CheckpointError: The file is missing or unreadable, or is not a checkpoint of a
-            downscaling model trained by this package.
+        CheckpointError: The file is missing, corrupt, or holds Python objects besides
+            tensors and plain containers (refused rather than executed).
     """
     import torch
 
     where = Path(path)
     if not where.is_file():
         raise CheckpointError(f"{where}: checkpoint file not found. Check the path given to "
-                              "--checkpoint.")
+                              "--checkpoint or --ckpt_path.")
     try:
-        raw = torch.load(where, map_location="cpu", weights_only=True)
+        return torch.load(where, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = " ".join(str(exc).split())
         if "WeightsUnpickler error:" in text:  # torch's advice to unpickle anyway is omitted
@@ -140,6 +140,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
             reason = f"{type(exc).__name__}: {text[:300]}"
         raise CheckpointError(f"{where}: not a readable checkpoint ({reason}). Give a .ckpt "
                               "file saved by 'downscale fit'.") from exc
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Read a ``DownscalingTask`` checkpoint's metadata (tensors only, ``weights_only``).
+
+    Raises:
+        CheckpointError: The file is missing or unreadable, or is not a checkpoint of a
+            downscaling model trained by this package.
+    """
+    where = Path(path)
+    raw = load_checkpoint_dict(where)
     trained = raw.get("downscale_data") if isinstance(raw, dict) else None
     hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
     if not isinstance(trained, dict) or not trained.get("variable") or not isinstance(
