@@ -49,8 +49,10 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +77,10 @@ MANIFEST_FORMAT = "downscale-run-manifest/1"
 LOCK_NAME = ".downscale_run.lock"
 #: Test hook: seconds each chunk task sleeps after computing, to interrupt a run mid-way.
 CHUNK_DELAY_ENV = "DOWNSCALE_RUN_CHUNK_DELAY"
+#: Test hook: ``POINT:SECONDS`` pauses at a named point (``read``: after a chunk is read,
+#: ``renamed``: after an output is renamed, before the manifest records it), so that fault
+#: tests can kill a run there. Not for users.
+PAUSE_ENV = "DOWNSCALE_RUN_TEST_PAUSE"
 #: ``--time-chunk auto`` puts about this many bytes of fine output in a chunk.
 AUTO_CHUNK_BYTES = 16 << 20
 #: NetCDF chunks hold at most this many bytes (one time step when a chunk would be larger).
@@ -272,6 +278,13 @@ def _source(inputs: tuple[str, ...], variable: str) -> Any:
     return FieldSource(list(inputs), variable, 1, crop=False)
 
 
+def _test_pause(point: str) -> None:
+    """Sleep at ``point`` when :data:`PAUSE_ENV` names it (fault-injection tests only)."""
+    name, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
+    if name == point and seconds:
+        time.sleep(float(seconds))
+
+
 def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> FineChunk:
     """Downscale time steps ``start:stop`` of the inputs (runs on a worker, or here).
 
@@ -289,6 +302,7 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> F
     ydim, xdim = horizontal_dims(ds)
     values = source.read(slice(start, stop), slice(None), slice(None))
     check_values(source.data, values, path=", ".join(inputs))
+    _test_pause("read")
     model = load_model(job.checkpoint, job.checkpoint_sha256, job.device)
     fine = downscale_field(model, values, ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values,
                            job.factor, tile_size=job.tile_size, halo=job.halo,
@@ -357,10 +371,9 @@ def write_output(job: Job, plan: OutputPlan, fetch: Fetch) -> dict[str, Any]:
                             extra_attrs=job.attrs)
     data = ds[job.variable]
     data.encoding["chunksizes"] = _netcdf_chunks(data.shape, job.time_chunk)
-    if "time" in ds.coords:
-        ds["time"].encoding["_FillValue"] = None
     with dask.config.set(scheduler="synchronous"):
         write_netcdf(ds, plan.path)
+    _test_pause("renamed")
     stat = plan.path.stat()
     return {"sha256": file_sha256(plan.path), "bytes": stat.st_size, "key": plan.key,
             "inputs": list(plan.inputs), "time_steps": [plan.start, plan.stop],
@@ -784,8 +797,30 @@ def _halo(model: Any, args: argparse.Namespace, ckpt: CheckpointInfo) -> int | N
                               "cells), or leave out --tile-size.") from exc
 
 
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM (a scheduler's kill) into ``SystemExit(143)`` while a run goes on.
+
+    The exit unwinds like any exception: the temporary being written is removed and the
+    lock released, so a terminated run leaves nothing behind (SIGKILL cannot be caught;
+    the next run removes what it leaves).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run ``downscale run`` (see the module docstring).
+    """Run ``downscale run`` (see the module docstring); SIGTERM ends it cleanly.
 
     Raises:
         CheckpointError: The checkpoint is missing, unreadable, or made for another variable
@@ -820,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,
                      "downscale_command": "run"})
-    with OutputDirectory(directory) as outdir:
+    with _terminate_cleanly(), OutputDirectory(directory) as outdir:
         outdir.remove_temporaries([p.path.name for p in plans])
         todo = [p for p in plans if args.force or not outdir.is_complete(p)]
         for plan in plans:

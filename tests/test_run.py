@@ -333,7 +333,8 @@ def test_slurm_recipe_runs_downscale_run_on_its_cluster(reference: Path, checkpo
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(FAKE_JOBQUEUE)
     log = tmp_path / "jobqueue.json"
-    env = {**ENV, "PYTHONPATH": str(fake.parent), "FAKE_JOBQUEUE_LOG": str(log)}
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT)]),
+           "FAKE_JOBQUEUE_LOG": str(log)}
     result = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "slurm_run.py"), "--jobs", "2", "--cores",
          "1", "--queue", "short", "--job-extra=--gres=gpu:1", "--", "--checkpoint",
