@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "e1_tiny.yaml")
 VARIABLE = "air_temperature"
 N_TIME = 12
+#: The newest CF suite of compliance-checker 6.1.
+CF_SUITE = "cf:1.11"
 
 
 def field_values(nt: int, nlat: int, nlon: int, seed: int = 0) -> np.ndarray[Any, Any]:
@@ -161,3 +166,25 @@ def coarse_nc(tmp_path_factory: pytest.TempPathFactory, e1_path: Path) -> Path:
     fine = crop_to_factor(open_field(e1_path, VARIABLE), (4, 4))
     coarse = coarsen_field(fine.isel(time=slice(0, N_TIME)), VARIABLE, (4, 4)).compute()
     return write_netcdf(coarse, tmp_path_factory.mktemp("inputs") / "e1_coarse.nc")
+
+
+def assert_cf_compliant(path: Path, tmp: Path) -> None:
+    """No failed high-priority (error) check in the CF suite; xarray and ncdump reopen it."""
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    report = tmp / f"{path.stem}_cf.json"
+    ComplianceChecker.run_checker(str(path), [CF_SUITE], 0, "normal",
+                                  output_filename=str(report), output_format="json")
+    result = json.loads(report.read_text())[CF_SUITE]
+    assert not result.get("errors"), result.get("errors")
+    failed = [c for c in result["high_priorities"] if c["value"][0] < c["value"][1]]
+    assert not failed, [(c["name"], c["msgs"]) for c in failed]
+    with xr.open_dataset(path) as ds:
+        assert ds.data_vars
+    ncdump = shutil.which("ncdump")
+    if ncdump is None:
+        pytest.skip("ncdump (Debian package netcdf-bin) is not installed")
+    header = subprocess.run([ncdump, "-h", str(path)], capture_output=True, text=True,
+                            timeout=60, check=True).stdout
+    assert "Conventions" in header
