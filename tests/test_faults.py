@@ -125,3 +125,34 @@ def test_two_runs_on_one_directory(checkpoint: Path, coarse_nc: Path, tmp_path: 
     assert again.returncode == 0
     assert again.stderr.count("complete and verified") == 2, again.stderr
     assert "Nothing to do" in again.stderr
+
+
+@pytest.mark.slow
+def test_training_killed_then_resumed_continues_from_the_saved_epoch_and_step(
+        tmp_path: Path) -> None:
+    import torch
+
+    ddp = str(ROOT / "tests" / "conf" / "e1_ddp.yaml")
+    common = [sys.executable, "-m", "downscale", "fit", "--config", ddp, "--trainer.devices",
+              "1", "--trainer.strategy", "auto", "--trainer.limit_val_batches", "1"]
+    last = tmp_path / "outputs" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([*common, "--trainer.max_epochs", "1000"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(proc, last.exists, timeout=240)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    epoch, step = saved["epoch"], saved["global_step"]
+    assert step > 0
+    subprocess.run([*common, "--trainer.max_epochs", str(epoch + 2), "--ckpt_path", "last"],
+                   cwd=tmp_path, env=ENV, check=True, timeout=300, capture_output=True)
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    steps_per_epoch = step // (epoch + 1)
+    assert resumed["epoch"] == epoch + 1
+    assert resumed["global_step"] == step + steps_per_epoch
