@@ -64,6 +64,8 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
         ds["time"].attrs.setdefault("standard_name", "time")
         ds["time"].attrs.setdefault("axis", "T")
         ds["time"].attrs.pop("bounds", None)
+        # CF 2.5.1: coordinate variables must not have a _FillValue (xarray adds one).
+        ds["time"].encoding["_FillValue"] = None
     sources = str(template.attrs.get("source_files", ""))
     if history is None:
         history = (f"downscale {__version__} predict --ckpt_path {checkpoint} "

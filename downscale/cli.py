@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,6 +23,23 @@ class DownscaleCLI(LightningCLI):
             "model": {"class_path": "downscale.tasks.DownscalingTask"},
             "data": {"class_path": "downscale.data.DownscalingDataModule"},
         })
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check ``--ckpt_path`` safely before Lightning unpickles it.
+
+        Lightning reads the checkpoint's hyperparameters right after parsing and raises a
+        long traceback for a missing, corrupt or unsafe file; the same weights-only load
+        here turns that into a :class:`~downscale.errors.CheckpointError` (one line).
+        """
+        from downscale.run import load_checkpoint_dict
+
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else self.config
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        # "last", "best", "hpc" and "registry" are names Lightning resolves itself.
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            load_checkpoint_dict(ckpt_path)
 
 
 def run_lightning_cli(argv: Sequence[str]) -> DownscaleCLI:

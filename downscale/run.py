@@ -54,8 +54,10 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -84,6 +86,10 @@ MANIFEST_FORMAT = "downscale-run-manifest/1"
 LOCK_NAME = ".downscale_run.lock"
 #: Test hook: seconds each chunk task sleeps after computing, to interrupt a run mid-way.
 CHUNK_DELAY_ENV = "DOWNSCALE_RUN_CHUNK_DELAY"
+#: Test hook: ``POINT:SECONDS`` pauses at a named point (``read``: after a chunk is read,
+#: ``renamed``: after an output is renamed, before the manifest records it), so that fault
+#: tests can kill a run there. Not for users.
+PAUSE_ENV = "DOWNSCALE_RUN_TEST_PAUSE"
 #: ``--time-chunk auto`` puts about this many bytes of fine output in a chunk.
 AUTO_CHUNK_BYTES = 16 << 20
 #: NetCDF chunks hold at most this many bytes (one time step when a chunk would be larger).
@@ -155,21 +161,21 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
-    """Read a ``DownscalingTask`` checkpoint's metadata (tensors only, ``weights_only``).
+def load_checkpoint_dict(path: str | os.PathLike[str]) -> Any:
+    """A checkpoint's contents, unpickled with ``weights_only`` (no code runs on loading).
 
     Raises:
-        CheckpointError: The file is missing or unreadable, or is not a checkpoint of a
-            downscaling model trained by this package.
+        CheckpointError: The file is missing, corrupt, or holds Python objects besides
+            tensors and plain containers (refused rather than executed).
     """
     import torch
 
     where = Path(path)
     if not where.is_file():
         raise CheckpointError(f"{where}: checkpoint file not found. Check the path given to "
-                              "--checkpoint.")
+                              "--checkpoint or --ckpt_path.")
     try:
-        raw = torch.load(where, map_location="cpu", weights_only=True)
+        return torch.load(where, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = " ".join(str(exc).split())
         if "WeightsUnpickler error:" in text:  # torch's advice to unpickle anyway is omitted
@@ -180,6 +186,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
             reason = f"{type(exc).__name__}: {text[:300]}"
         raise CheckpointError(f"{where}: not a readable checkpoint ({reason}). Give a .ckpt "
                               "file saved by 'downscale fit'.") from exc
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Read a ``DownscalingTask`` checkpoint's metadata (tensors only, ``weights_only``).
+
+    Raises:
+        CheckpointError: The file is missing or unreadable, or is not a checkpoint of a
+            downscaling model trained by this package.
+    """
+    where = Path(path)
+    raw = load_checkpoint_dict(where)
     trained = raw.get("downscale_data") if isinstance(raw, dict) else None
     hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
     if not isinstance(trained, dict) or not trained.get("variable") or not isinstance(
@@ -340,6 +357,13 @@ def _covariate(path: str, variable: str | None, factor: int, y_bnds: bytes, x_bn
     return load_covariate(path, variable, fine(y_bnds), fine(x_bnds))
 
 
+def _test_pause(point: str) -> None:
+    """Sleep at ``point`` when :data:`PAUSE_ENV` names it (fault-injection tests only)."""
+    name, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
+    if name == point and seconds:
+        time.sleep(float(seconds))
+
+
 def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> FineChunk:
     """Downscale time steps ``start:stop`` of the inputs (runs on a worker, or here).
 
@@ -357,6 +381,7 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> F
     ydim, xdim = horizontal_dims(ds)
     values = source.read(slice(start, stop), slice(None), slice(None))
     check_values(source.data, values, path=", ".join(inputs))
+    _test_pause("read")
     model = load_model(job.checkpoint, job.checkpoint_sha256, job.device, job.task)
     y_bnds, x_bnds = ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values
     covariate = None
@@ -430,10 +455,9 @@ def write_output(job: Job, plan: OutputPlan, fetch: Fetch) -> dict[str, Any]:
                             extra_attrs=job.attrs)
     data = ds[job.variable]
     data.encoding["chunksizes"] = _netcdf_chunks(data.shape, job.time_chunk)
-    if "time" in ds.coords:
-        ds["time"].encoding["_FillValue"] = None
     with dask.config.set(scheduler="synchronous"):
         write_netcdf(ds, plan.path)
+    _test_pause("renamed")
     stat = plan.path.stat()
     return {"sha256": file_sha256(plan.path), "bytes": stat.st_size, "key": plan.key,
             "inputs": list(plan.inputs), "time_steps": [plan.start, plan.stop],
@@ -899,8 +923,30 @@ def _default_variable(ckpt: CheckpointInfo, first_input: str) -> str:
     return netcdf_elevation_name(Path(first_input))
 
 
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM (a scheduler's kill) into ``SystemExit(143)`` while a run goes on.
+
+    The exit unwinds like any exception: the temporary being written is removed and the
+    lock released, so a terminated run leaves nothing behind (SIGKILL cannot be caught;
+    the next run removes what it leaves).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run ``downscale run`` (see the module docstring).
+    """Run ``downscale run`` (see the module docstring); SIGTERM ends it cleanly.
 
     Raises:
         CheckpointError: The checkpoint is missing, unreadable, or made for another variable
@@ -938,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,
                      "downscale_command": "run"})
-    with OutputDirectory(directory) as outdir:
+    with _terminate_cleanly(), OutputDirectory(directory) as outdir:
         outdir.remove_temporaries([p.path.name for p in plans])
         todo = [p for p in plans if args.force or not outdir.is_complete(p)]
         for plan in plans:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,17 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
+
+from downscale.aggregate import coarsen_field, crop_to_factor
+from downscale.io import open_field, write_netcdf
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The tiny E1 training config (factor 4, air temperature in K).
+TINY = str(ROOT / "tests" / "conf" / "e1_tiny.yaml")
+VARIABLE = "air_temperature"
+N_TIME = 12
+#: The newest CF suite of compliance-checker 6.1.
+CF_SUITE = "cf:1.11"
 
 
 def field_values(nt: int, nlat: int, nlon: int, seed: int = 0) -> np.ndarray[Any, Any]:
@@ -123,3 +137,54 @@ def hadisst_path() -> Path:
     if not path.exists():
         pytest.skip("cartopy lacks HadISST1_SST_update.nc")
     return path
+
+
+def fit_tiny(root: Path, *extra: str) -> Path:
+    """Train the tiny E1 model for one step under ``root``; the checkpoint's path."""
+    from downscale.main import main as cli_main
+
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        cli_main(["fit", "--config", TINY, "--trainer.max_steps", "1",
+                  "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(root),
+                  "--trainer.enable_progress_bar", "false", *extra])
+    finally:
+        os.chdir(cwd)
+    return sorted(root.glob("outputs/**/checkpoints/*.ckpt"))[-1]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the tiny E1 model (factor 4) after one training step (one per session)."""
+    return fit_tiny(tmp_path_factory.mktemp("fit"))
+
+
+@pytest.fixture(scope="session")
+def coarse_nc(tmp_path_factory: pytest.TempPathFactory, e1_path: Path) -> Path:
+    """12 steps of E1 air temperature (K), conservatively coarsened by 4: a 9 x 12 grid."""
+    fine = crop_to_factor(open_field(e1_path, VARIABLE), (4, 4))
+    coarse = coarsen_field(fine.isel(time=slice(0, N_TIME)), VARIABLE, (4, 4)).compute()
+    return write_netcdf(coarse, tmp_path_factory.mktemp("inputs") / "e1_coarse.nc")
+
+
+def assert_cf_compliant(path: Path, tmp: Path) -> None:
+    """No failed high-priority (error) check in the CF suite; xarray and ncdump reopen it."""
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    report = tmp / f"{path.stem}_cf.json"
+    ComplianceChecker.run_checker(str(path), [CF_SUITE], 0, "normal",
+                                  output_filename=str(report), output_format="json")
+    result = json.loads(report.read_text())[CF_SUITE]
+    assert not result.get("errors"), result.get("errors")
+    failed = [c for c in result["high_priorities"] if c["value"][0] < c["value"][1]]
+    assert not failed, [(c["name"], c["msgs"]) for c in failed]
+    with xr.open_dataset(path) as ds:
+        assert ds.data_vars
+    ncdump = shutil.which("ncdump")
+    if ncdump is None:
+        pytest.skip("ncdump (Debian package netcdf-bin) is not installed")
+    header = subprocess.run([ncdump, "-h", str(path)], capture_output=True, text=True,
+                            timeout=60, check=True).stdout
+    assert "Conventions" in header

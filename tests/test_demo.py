@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
+from conftest import assert_cf_compliant
 
 from downscale.main import main
 
@@ -20,3 +21,4 @@ def test_demo_writes_netcdf_png_and_reports(tmp_path: Path,
     with xr.open_dataset(out / "downscaled.nc") as ds:
         assert ds["air_temperature"].shape == (36, 36, 48)
         assert ds.attrs["Conventions"].startswith("CF-")
+    assert_cf_compliant(out / "downscaled.nc", tmp_path)

@@ -22,21 +22,17 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import N_TIME, VARIABLE, fit_tiny
 
 import downscale.run
 from downscale import __version__
-from downscale.aggregate import coarsen_field, crop_to_factor
 from downscale.errors import CheckpointError, InputError
 from downscale.grid import cell_areas
-from downscale.io import open_field, write_netcdf
 from downscale.main import main as cli_main
 from downscale.metrics import conservation_error
 from downscale.run import CHUNK_DELAY_ENV, MANIFEST_NAME, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "tests" / "conf" / "e1_tiny.yaml")
-VARIABLE = "air_temperature"
-N_TIME = 12
 #: One time step per chunk everywhere, so every run batches alike and files agree bit for bit.
 CHUNK = ["--time-chunk", "1"]
 #: Subprocesses: one torch thread, like the reference run and the Dask workers.
@@ -50,32 +46,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _fit(root: Path, *extra: str) -> Path:
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        cli_main(["fit", "--config", TINY, "--trainer.max_steps", "1",
-                  "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(root),
-                  "--trainer.enable_progress_bar", "false", *extra])
-    finally:
-        os.chdir(cwd)
-    return sorted(root.glob("outputs/**/checkpoints/*.ckpt"))[-1]
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint of the tiny E1 model (factor 4) after one training step."""
-    return _fit(tmp_path_factory.mktemp("fit"))
-
-
-@pytest.fixture(scope="session")
-def coarse_nc(tmp_path_factory: pytest.TempPathFactory, e1_path: Path) -> Path:
-    """12 steps of E1 air temperature (K), conservatively coarsened by 4: a 9 x 12 grid."""
-    fine = crop_to_factor(open_field(e1_path, VARIABLE), (4, 4))
-    coarse = coarsen_field(fine.isel(time=slice(0, N_TIME)), VARIABLE, (4, 4)).compute()
-    return write_netcdf(coarse, tmp_path_factory.mktemp("inputs") / "e1_coarse.nc")
 
 
 def _run(*args: str | Path) -> None:
@@ -363,7 +333,8 @@ def test_slurm_recipe_runs_downscale_run_on_its_cluster(reference: Path, checkpo
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(FAKE_JOBQUEUE)
     log = tmp_path / "jobqueue.json"
-    env = {**ENV, "PYTHONPATH": str(fake.parent), "FAKE_JOBQUEUE_LOG": str(log)}
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT)]),
+           "FAKE_JOBQUEUE_LOG": str(log)}
     result = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "slurm_run.py"), "--jobs", "2", "--cores",
          "1", "--queue", "short", "--job-extra=--gres=gpu:1", "--", "--checkpoint",
@@ -566,7 +537,7 @@ def _run_measured(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 @pytest.mark.slow
 def test_memory_is_bounded_by_the_chunk_not_the_input(tmp_path: Path) -> None:
     limit = 900 << 20
-    ckpt = _fit(tmp_path, "--data.factor", "2", "--model.hidden_channels", "2",
+    ckpt = fit_tiny(tmp_path, "--data.factor", "2", "--model.hidden_channels", "2",
                 "--model.coarse_blocks", "0", "--model.fine_blocks", "0")
     small = _write_big_input(tmp_path / "small.nc", nt=8)
     big = _write_big_input(tmp_path / "big.nc", nt=128)  # 1.0 GB, more than the limit

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import assert_cf_compliant
 
 from downscale.aggregate import area_weighted_block_mean
 from downscale.data import TerrainDataModule
@@ -240,6 +241,7 @@ def test_fit_then_predict_writes_cf_surface_altitude(tmp_path: Path) -> None:
         expected, _ = area_weighted_block_mean(truth, area, (4, 4))
         got, _ = area_weighted_block_mean(da.values.astype("f8"), area, (4, 4))
         np.testing.assert_allclose(got, expected, atol=1e-3)  # float32 output, metres
+    assert_cf_compliant(out, tmp_path)
 
 
 def test_predict_generates_fine_terrain_for_a_coarse_dem(tmp_path: Path) -> None:

@@ -258,8 +258,14 @@ class DownscalingTask(L.LightningModule):
         checkpoint["downscale_data"] = self.data_info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint trained for another factor or variable, before loading it."""
+        """Refuse a checkpoint trained for another factor, variable or units, before loading.
+
+        The messages name the checkpoint file and the data files, so that the user sees
+        which of the two to change.
+        """
         trained = checkpoint.get("downscale_data", {})
+        trainer = getattr(self, "_trainer", None)
+        where = str(getattr(trainer, "ckpt_path", None) or "checkpoint")
         saved_factor = checkpoint.get("hyper_parameters", {}).get("factor")
         saved_covariates = checkpoint.get("hyper_parameters", {}).get("covariate_channels", 0)
         if saved_covariates != self.covariate_channels:
@@ -268,19 +274,22 @@ class DownscalingTask(L.LightningModule):
                                   f"{self.covariate_channels}. Set "
                                   f"--model.init_args.covariate_channels {saved_covariates}.")
         if saved_factor is not None and saved_factor != self.factor:
-            raise CheckpointError(f"checkpoint: trained for factor {saved_factor}, but the data "
+            raise CheckpointError(f"{where}: trained for factor {saved_factor}, but the data "
                                   f"use factor {self.factor}. Use a checkpoint trained "
                                   f"for factor {self.factor} or set --data.factor "
                                   f"{saved_factor}.")
-        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        datamodule = getattr(trainer, "datamodule", None)
         wanted = getattr(datamodule, "variable", None)
         if trained.get("variable") and wanted and trained["variable"] != wanted:
-            raise CheckpointError(f"checkpoint: trained for variable '{trained['variable']}', "
+            raise CheckpointError(f"{where}: trained for variable '{trained['variable']}', "
                                   f"but the data select '{wanted}'. Use a checkpoint trained "
                                   f"for '{wanted}'.")
-        units = getattr(datamodule, "variable_attrs", {}).get("units") if datamodule else None
-        if trained.get("units") and units and trained["units"] != units:
-            raise CheckpointError(f"checkpoint: trained on '{trained.get('variable')}' in "
-                                  f"{trained['units']}, but the data are in {units}. Convert "
-                                  f"the input to {trained['units']}.")
+        if datamodule is not None and hasattr(datamodule, "variable_attrs"):
+            units = datamodule.variable_attrs.get("units")
+            data = ", ".join(getattr(getattr(datamodule, "source", None), "paths", []))
+            if trained.get("units") and units != trained["units"]:
+                raise CheckpointError(
+                    f"{where}: trained on '{trained.get('variable')}' in {trained['units']}, "
+                    f"but {data or 'the data'} is in {units or 'no units (no units attribute)'}"
+                    f". Convert the input to {trained['units']}.")
         self.data_info = trained

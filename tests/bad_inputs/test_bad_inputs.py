@@ -1,0 +1,141 @@
+"""Every bad input through every entry point it reaches: one line, non-zero, nothing written.
+
+Set ``DOWNSCALE_BAD_INPUT_TABLE=FILE`` to collect the messages users see as JSON
+(``python tests/bad_inputs/make_table.py`` does, and rewrites README.md's table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from cases import CASES, MANIFEST_CASES, Call, Context, malicious_checkpoint
+from conftest import VARIABLE, make_latlon_nc
+
+from downscale.errors import DownscaleError
+from downscale.io import open_field
+from downscale.main import main as cli_main
+
+TABLE_ENV = "DOWNSCALE_BAD_INPUT_TABLE"
+_SEEN: list[dict[str, str]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _table() -> Iterator[None]:
+    yield
+    target = os.environ.get(TABLE_ENV)
+    if target:
+        Path(target).write_text(json.dumps(_SEEN, indent=1) + "\n")
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Context:
+    monkeypatch.chdir(tmp_path)
+    good = make_latlon_nc(tmp_path / "good.nc", nlat=8, nlon=8, variable=VARIABLE,
+                          calendar="360_day", lat=np.arange(8) + 40.5,
+                          lon=np.arange(8) + 10.5)
+    (tmp_path / "out").mkdir()
+    return Context(tmp_path, checkpoint, good, tmp_path / "out" / "result.nc")
+
+
+def _error_line(call: Call, capsys: pytest.CaptureFixture[str]) -> str:
+    """Call one entry point; the one line the user sees (asserting how it failed)."""
+    if call.argv is None:
+        assert call.api is not None
+        with pytest.raises(DownscaleError) as info:
+            call.api()
+        message = str(info.value)
+        assert "\n" not in message
+        return message
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(call.argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code not in (0, None), err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("downscale: error:")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_refused_in_one_line(case: Any, ctx: Context,
+                                          capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    if case.name in MANIFEST_CASES:
+        from downscale import manifest as mf
+
+        monkeypatch.setenv(mf.ENV_VAR, str(MANIFEST_CASES[case.name](ctx)))
+        monkeypatch.setattr(mf, "_DIGEST_CACHE", {})
+    calls = case.build(ctx)
+    assert calls
+    for entry, call in calls.items():
+        line = _error_line(call, capsys)
+        for fragment in call.fragments:
+            assert fragment in line, (entry, fragment, line)
+        assert not ctx.output.exists(), entry
+        assert not [p for p in ctx.output.parent.iterdir() if p.name != ".downscale_run.lock"]
+        _SEEN.append({"case": case.name, "entry": entry, "note": case.note,
+                      "message": line.replace(str(ctx.tmp) + "/", "")})
+
+
+# -- accepted after normalisation ---------------------------------------------------------
+def _run_values(ctx: Context, path: Path) -> xr.Dataset:
+    out = ctx.tmp / f"{path.stem}_fine.nc"
+    cli_main(["run", "--checkpoint", str(ctx.checkpoint), "--input", str(path), "--output",
+              str(out), "--workers", "0", "--no-progress", "--time-chunk", "1"])
+    with xr.open_dataset(out) as ds:
+        return ds.load()
+
+
+def test_descending_latitude_is_flipped_and_downscaled_alike(ctx: Context) -> None:
+    with xr.open_dataset(ctx.good) as ds:
+        flipped = ctx.tmp / "descending.nc"
+        ds.isel(lat=slice(None, None, -1)).to_netcdf(flipped)
+    field = open_field(flipped, VARIABLE)
+    assert np.all(np.diff(field["lat"].values) > 0)
+    np.testing.assert_array_equal(field[VARIABLE].values,
+                                  open_field(ctx.good, VARIABLE)[VARIABLE].values)
+    xr.testing.assert_allclose(_run_values(ctx, flipped)[VARIABLE],
+                               _run_values(ctx, ctx.good)[VARIABLE])
+    _SEEN.append({"case": "descending latitude", "entry": "api, run", "note": "accepted",
+                  "message": "(accepted: flipped to ascending; output equals that of the "
+                             "ascending file)"})
+
+
+def test_longitude_0_360_across_greenwich_is_unwrapped(ctx: Context) -> None:
+    lon_360 = (np.arange(8) - 4 + 0.5) % 360  # 356.5 .. 359.5, 0.5 .. 3.5
+    lon_180 = np.arange(8) - 4 + 0.5
+    wrapped = make_latlon_nc(ctx.tmp / "lon360.nc", lat=np.arange(8) + 40.5, lon=lon_360,
+                             variable=VARIABLE, calendar="360_day")
+    plain = make_latlon_nc(ctx.tmp / "lon180.nc", lat=np.arange(8) + 40.5, lon=lon_180,
+                           variable=VARIABLE, calendar="360_day")
+    field = open_field(wrapped, VARIABLE)
+    np.testing.assert_allclose(field["lon"].values, lon_180)
+    fine = _run_values(ctx, wrapped)
+    assert np.all(np.diff(fine["lon"].values) > 0)
+    xr.testing.assert_allclose(fine[VARIABLE], _run_values(ctx, plain)[VARIABLE])
+    _SEEN.append({"case": "longitude 0..360 across Greenwich", "entry": "api, run",
+                  "note": "accepted", "message": "(accepted: unwrapped to -3.5..3.5; output "
+                  "equals that of the -180..180 file)"})
+
+
+def test_malicious_checkpoint_payload_never_runs(ctx: Context) -> None:
+    from downscale.errors import CheckpointError
+    from downscale.run import read_checkpoint
+
+    path, marker = malicious_checkpoint(ctx.tmp)
+    with pytest.raises(CheckpointError, match="not unpickled for safety"):
+        read_checkpoint(path)
+    with pytest.raises(SystemExit):
+        cli_main(["predict", "--config", str(Path(__file__).parents[1] / "conf" /
+                                             "e1_tiny.yaml"),
+                  "--ckpt_path", str(path), "--prediction_writer.output",
+                  str(ctx.output)])
+    assert not marker.exists(), "the pickle payload was executed"
