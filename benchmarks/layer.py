@@ -58,7 +58,7 @@ def compare_layers(sizes: list[int], channels: int = 8, stride: int = 4, batch: 
                     layer()
 
             def backward(layer: Callable[[], torch.Tensor] = layer) -> None:
-                layer().sum().backward()
+                layer().sum().backward()  # type: ignore[no-untyped-call]
 
             figures[f"{name}_forward_s"] = _median_seconds(forward, repeats)
             figures[f"{name}_forward_backward_s"] = _median_seconds(backward, repeats)
