@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from downscale.errors import InputError
+from downscale.io import make_output_folder
 
 log = logging.getLogger(__name__)
 FloatArray = NDArray[np.float64]
@@ -97,12 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              hint="check the --config and --variants paths")
     if args.max_epochs < 1 or args.max_time <= 0:
         raise InputError("--max-epochs and --max-time must be positive")
-    out = Path(args.output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder ({exc.strerror})", path=out,
-                         hint="choose a writable folder with --output") from exc
+    out = make_output_folder(args.output)
     command = "downscale compare " + shlex.join(list(argv) if argv is not None else [])
     result = run_comparison(args.config, args.variants, args.max_epochs, args.max_time,
                             args.seed)

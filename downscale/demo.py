@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import xarray as xr
 
-from downscale.errors import InputError
+from downscale.io import make_output_folder
 
 if TYPE_CHECKING:
     from downscale.data import DownscalingDataModule
@@ -44,12 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the demo (see module docstring)."""
     args = _parser().parse_args(argv)
-    out = Path(args.output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder ({exc.strerror})", path=out,
-                         hint="choose a writable folder with --output") from exc
+    out = make_output_folder(args.output)
     started = time.perf_counter()
     report = run_demo(out, args.epochs, args.max_time, args.seed)
     report["seconds"] = time.perf_counter() - started

@@ -696,6 +696,21 @@ def _removed_on_error(path: Path) -> Iterator[None]:
         raise
 
 
+def make_output_folder(path: PathLike) -> Path:
+    """Create the output folder ``path`` (and parents) for a command's ``--output``.
+
+    Raises:
+        InputError: It cannot be created (not writable, a file in the way, ...).
+    """
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror})", path=out,
+                         hint="choose a writable folder with --output") from exc
+    return out
+
+
 def history_line(action: str) -> str:
     """A CF ``history`` entry: ISO timestamp and what was done."""
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -31,6 +31,20 @@ from downscale.nn.conserving import (
 from downscale.nn.padding import GridConv2d
 
 
+def add_detail(base: Tensor, detail: Tensor, std: Tensor, mode: ConstraintMode) -> Tensor:
+    """Put the learned detail on the conserving base, in the form the constraint expects.
+
+    ``multiplicative``: a positive factor ``exp(detail)``; ``softmax``: logits around
+    ``log(base)``; otherwise ``base + std * detail`` (``std`` in physical units). All shapes
+    ``(B, C, H, W)`` (``std`` broadcasts).
+    """
+    if mode == "multiplicative":
+        return base * torch.exp(detail)
+    if mode == "softmax":
+        return torch.log(base.clamp_min(1e-12)) + detail
+    return base + std * detail
+
+
 class _ConvBlock(nn.Module):
     """Two 3x3 grid convolutions with GELU, residual when the widths agree."""
 
@@ -130,11 +144,6 @@ class ConservingDecoder(nn.Module):
         for block in self.fine:
             features = block(features, periodic)
         detail = self.head(features, periodic)
-        if self.constraint_mode == "multiplicative":
-            y = base * torch.exp(detail)
-        elif self.constraint_mode == "softmax":
-            y = torch.log(base.clamp_min(1e-12)) + detail
-        else:
-            y = base + std * detail
+        y = add_detail(base, detail, std, self.constraint_mode)
         out: Tensor = self.constraint(y, x, fine_area, fine_valid)
         return out

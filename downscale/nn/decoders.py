@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from downscale.nn.conserving import ConstraintMode, LocalConservation, MassConservingConvTranspose2d
-from downscale.nn.decoder import _ConvBlock
+from downscale.nn.decoder import _ConvBlock, add_detail
 from downscale.nn.mitigations import (
     DecoderConfigError,
     PhaseMixingConv,
@@ -123,12 +123,7 @@ class _ResidualDecoder(nn.Module):
         for block in self.fine:
             features = block(features, periodic)
         detail = self.head(features, periodic)
-        if self.constraint_mode == "multiplicative":
-            y = base * torch.exp(detail)
-        elif self.constraint_mode == "softmax":
-            y = torch.log(base.clamp_min(1e-12)) + detail
-        else:
-            y = base + std * detail
+        y = add_detail(base, detail, std, self.constraint_mode)
         out: Tensor = self.constraint(y, x, fine_area, fine_valid)
         return out
 

@@ -26,6 +26,7 @@ from downscale.nn.mitigations import (
     transposed_kernel_penalty,
     transposed_kernels,
 )
+from downscale.tasks.common import take_training_stats
 
 
 def evaluation_metrics(batch: dict[str, Tensor], pred: Tensor, factor: int) -> dict[str, float]:
@@ -229,16 +230,12 @@ class DownscalingTask(L.LightningModule):
     # -- normalisation and checkpoint metadata ---------------------------------------------
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        stats = getattr(datamodule, "stats", None)
-        if stats is not None:
-            self.norm_mean.fill_(stats.mean)
-            self.norm_std.fill_(stats.std)
+        self.data_info = take_training_stats(self.norm_mean, self.norm_std, datamodule) or (
+            self.data_info)
         covariate = getattr(datamodule, "covariate", None)
         if covariate is not None:
             self.covariate_mean.fill_(covariate.mean)
             self.covariate_std.fill_(covariate.std)
-        if datamodule is not None and hasattr(datamodule, "state_dict"):
-            self.data_info = {k: v for k, v in datamodule.state_dict().items() if k != "stats"}
 
     def setup(self, stage: str) -> None:
         """Check (after the DataModule's setup) that data and model agree on a covariate."""

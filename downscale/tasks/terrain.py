@@ -30,6 +30,7 @@ from downscale.metrics import (
     slope_wasserstein_distance,
 )
 from downscale.nn.terrain import TerrainGenerator
+from downscale.tasks.common import take_training_stats
 
 if TYPE_CHECKING:
     from downscale.data.terrain import TerrainDataModule
@@ -193,12 +194,8 @@ class TerrainTask(L.LightningModule):
     # -- normalisation and checkpoint metadata ---------------------------------------------
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        stats = getattr(datamodule, "stats", None)
-        if stats is not None:
-            self.norm_mean.fill_(stats.mean)
-            self.norm_std.fill_(stats.std)
-        if datamodule is not None and hasattr(datamodule, "state_dict"):
-            self.data_info = {k: v for k, v in datamodule.state_dict().items() if k != "stats"}
+        self.data_info = take_training_stats(self.norm_mean, self.norm_std, datamodule) or (
+            self.data_info)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["downscale_data"] = self.data_info
