@@ -7,24 +7,13 @@ median of several repeats, measured in this process on the same input.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from benchmarks.timing import median_seconds
 from downscale.nn.conserving import MassConservingConvTranspose2d
-
-
-def _median_seconds(step: Callable[[], None], repeats: int) -> float:
-    """Median wall time of ``step`` in seconds (one warm-up call first)."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def compare_layers(sizes: list[int], channels: int = 8, stride: int = 4, batch: int = 4,
@@ -60,8 +49,8 @@ def compare_layers(sizes: list[int], channels: int = 8, stride: int = 4, batch: 
             def backward(layer: Callable[[], torch.Tensor] = layer) -> None:
                 layer().sum().backward()  # type: ignore[no-untyped-call]
 
-            figures[f"{name}_forward_s"] = _median_seconds(forward, repeats)
-            figures[f"{name}_forward_backward_s"] = _median_seconds(backward, repeats)
+            figures[f"{name}_forward_s"] = median_seconds(forward, repeats)
+            figures[f"{name}_forward_backward_s"] = median_seconds(backward, repeats)
         for kind in ("forward", "forward_backward"):
             figures[f"ratio_{kind}"] = (figures[f"conserving_{kind}_s"]
                                         / figures[f"plain_{kind}_s"])

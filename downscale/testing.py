@@ -5,6 +5,10 @@ Users call these in their own tests and notebooks; the package's tests use them 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -63,3 +67,63 @@ def assert_mass_conserved(fine: NDArray[np.floating], coarse: NDArray[np.floatin
     if not err.max_rel <= rtol:
         raise AssertionError(f"mass not conserved: max relative error per coarse cell "
                              f"{err.max_rel:.3e} > {rtol:.1e} (global {err.global_rel:.3e})")
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    """Wall time and peak resident memory of a finished process and its descendants.
+
+    Attributes:
+        seconds: Wall time from start to exit (s).
+        peak_main: Peak RSS of the process itself (bytes).
+        peak_children: Peak RSS of each descendant, largest last (bytes).
+        peak_total: Peak of the summed RSS of all of them at one sampling instant (bytes).
+        returncode: Exit status.
+        stderr: What the process wrote to stderr.
+    """
+
+    seconds: float
+    peak_main: int
+    peak_children: list[int]
+    peak_total: int
+    returncode: int
+    stderr: str
+
+
+def measure_process(argv: Sequence[str], env: Mapping[str, str] | None = None,
+                    interval: float = 0.05) -> ProcessUsage:
+    """Run ``argv`` and sample the RSS of it and of every descendant every ``interval`` s.
+
+    Sampling misses peaks shorter than ``interval``; that is fine for the chunk-sized
+    plateaus it is used to compare.
+    """
+    import subprocess
+
+    import psutil
+
+    start = time.monotonic()
+    proc = subprocess.Popen(list(argv), env=None if env is None else dict(env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    main = psutil.Process(proc.pid)
+    peaks: dict[int, int] = {}
+    total = 0
+    while proc.poll() is None:
+        try:
+            family = [main, *main.children(recursive=True)]
+        except psutil.Error:
+            break
+        now = 0
+        for member in family:
+            try:
+                rss = member.memory_info().rss
+            except psutil.Error:
+                continue
+            peaks[member.pid] = max(peaks.get(member.pid, 0), rss)
+            now += rss
+        total = max(total, now)
+        time.sleep(interval)
+    stderr = proc.communicate()[1]
+    seconds = time.monotonic() - start
+    own = peaks.pop(proc.pid, 0)
+    return ProcessUsage(seconds=seconds, peak_main=own, peak_children=sorted(peaks.values()),
+                        peak_total=max(total, own), returncode=proc.returncode, stderr=stderr)

@@ -31,6 +31,7 @@ from downscale.grid import cell_areas
 from downscale.main import main as cli_main
 from downscale.metrics import conservation_error
 from downscale.run import CHUNK_DELAY_ENV, MANIFEST_NAME, file_sha256
+from downscale.testing import measure_process
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One time step per chunk everywhere, so every run batches alike and files agree bit for bit.
@@ -504,34 +505,10 @@ def _write_big_input(path: Path, nt: int, ny: int = 800, nx: int = 1250) -> Path
 
 def _run_measured(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run ``downscale run`` in a subprocess; peak RSS of it and of every descendant."""
-    import psutil
-
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "downscale", "run", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    main = psutil.Process(proc.pid)
-    peaks: dict[int, int] = {}
-    total = 0
-    while proc.poll() is None:
-        try:
-            family = [main, *main.children(recursive=True)]
-        except psutil.Error:
-            break
-        now = 0
-        for member in family:
-            try:
-                rss = member.memory_info().rss
-            except psutil.Error:
-                continue
-            peaks[member.pid] = max(peaks.get(member.pid, 0), rss)
-            now += rss
-        total = max(total, now)
-        time.sleep(0.05)
-    stderr = proc.communicate()[1]
-    assert proc.returncode == 0, stderr[-3000:]
-    client = peaks.pop(proc.pid, 0)
-    return {"client": client, "workers": sorted(peaks.values())[-2:], "total": total,
-            "seconds": time.monotonic() - start}
+    usage = measure_process([sys.executable, "-m", "downscale", "run", *args], env)
+    assert usage.returncode == 0, usage.stderr[-3000:]
+    return {"client": usage.peak_main, "workers": usage.peak_children[-2:],
+            "total": usage.peak_total, "seconds": usage.seconds}
 
 
 @pytest.mark.slow
