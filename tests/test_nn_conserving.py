@@ -208,6 +208,27 @@ def test_layer_gradcheck() -> None:
             (logits,))
 
 
+@pytest.mark.parametrize(("s", "k"), [(2, 2), (2, 5), (3, 8), (2, 7)])
+@pytest.mark.parametrize("area_shape", [None, (1, 1), (2, 1, 1, 1)])
+def test_fold_gradients_every_padding(s: int, k: int, area_shape: tuple[int, ...] | None
+                                      ) -> None:
+    """The hand-written adjoint of the fold matches finite differences, at every padding,
+    on both kinds of edge, with areas per sample, shared, or none; and inputs of the
+    layer with a batch get gradients of their own shape."""
+    h, w = 3, 3
+    for p in range(k - s + 1):
+        layer = _layer(s, k, p, channels=1, seed=p)
+        area = None
+        if area_shape is not None:
+            shape = (*area_shape[:-2], h * s, w * s)
+            area = 0.5 + torch.rand(*shape, generator=_gen(p), dtype=torch.float64)
+        x = torch.rand(2, 1, h, w, generator=_gen(p + 1), dtype=torch.float64,
+                       requires_grad=True)
+        for periodic in (False, True):
+            assert torch.autograd.gradcheck(
+                lambda x, per=periodic, a=area, m=layer: m(x, a, per), (x,))
+
+
 # ---------------------------------------------------------------------------------------
 # 2. the kernel: positive, sums to one, phase-balanced
 # ---------------------------------------------------------------------------------------
