@@ -1,31 +1,180 @@
-"""``python -m benchmarks``: run the benchmarks and write JSON (so far: the layer section)."""
+"""``python -m benchmarks``: every comparison in one run, written as markdown and JSON.
+
+Usage::
+
+    python -m benchmarks --size medium            # writes benchmarks/RESULTS.{md,json}
+    python -m benchmarks --size small --only layer --output /tmp/results
+
+Sections (each a module with ``run(size, workdir) -> dict`` and ``markdown(dict) -> str``):
+``layer`` (conserving layer vs ``torch.nn.ConvTranspose2d``), ``batch`` (``downscale run``
+vs the I/O floor, vs CDO, scaling), ``training`` (data loading vs the model's step rate,
+DDP 2 vs 1). Inputs are generated in a temporary folder and deleted afterwards. The GPU
+section runs the layer comparison on CUDA when a GPU is present and otherwise says it was
+not measured.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import logging
+import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from benchmarks.layer import compare_layers
+SECTIONS = {
+    "layer": ("Conserving layer vs `torch.nn.ConvTranspose2d`", "benchmarks.layer"),
+    "batch": ("Batch inference: `downscale run` vs the I/O floor, CDO, and scaling",
+              "benchmarks.batch"),
+    "training": ("Training: data loading vs the model, DDP 2 vs 1", "benchmarks.training"),
+}
+SIZES = ("small", "medium", "large")
 
-SIZES = {"small": [16, 32], "medium": [32, 64, 128], "large": [64, 128, 256]}
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import dask
+    import numpy
+    import psutil
+    import xarray
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cdo = shutil.which("cdo")
+    cdo_version = None
+    if cdo is not None:
+        out = subprocess.run([cdo, "--version"], capture_output=True, text=True, check=False)
+        cdo_version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) \
+            else "unknown"
+    return {"platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "numpy": numpy.__version__,
+            "xarray": xarray.__version__, "dask": dask.__version__,  # type: ignore[attr-defined]
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cdo": cdo_version}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--size", choices=tuple(SIZES), default="small")
-    parser.add_argument("--output", default="benchmarks/RESULTS.json")
-    args = parser.parse_args()
-    report = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()},
-              "layer": compare_layers(SIZES[args.size]),
-              "gpu": "not measured: no GPU lent in this session"}
-    Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report["layer"], indent=1))
+def gpu_section(size: str, workdir: Path) -> dict[str, Any]:
+    """The layer comparison on CUDA with its peak GPU memory, or why it was not measured."""
+    if not torch.cuda.is_available():
+        return {"measured": False, "reason": "not measured: no GPU on this machine"}
+    from benchmarks import layer
+
+    torch.cuda.reset_peak_memory_stats()
+    result = layer.run(size, workdir, device="cuda")
+    result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return {"measured": True, "device": torch.cuda.get_device_name(0), "layer": result}
+
+
+def gpu_markdown(result: dict[str, Any]) -> str:
+    if not result["measured"]:
+        reason = result["reason"]
+        return f"{reason[:1].upper()}{reason[1:]}.\n"
+    from benchmarks import layer
+
+    return (f"On {result['device']}; peak GPU memory "
+            f"{result['layer']['peak_gpu_memory_mib']:.0f} MiB.\n\n"
+            + layer.markdown(result["layer"]))
+
+
+def machine_markdown(info: dict[str, Any], command: str) -> str:
+    rows = [("CPU", f"{info['cpu']} ({info['usable_cpus']} usable of {info['cpu_count']})"),
+            ("memory", f"{info['memory_gib']} GiB"), ("platform", info["platform"]),
+            ("Python / torch", f"{info['python']} / {info['torch']} "
+                               f"({info['torch_threads']} threads)"),
+            ("numpy / xarray / dask", f"{info['numpy']} / {info['xarray']} / {info['dask']}"),
+            ("GPU", info["cuda"] or "none"), ("CDO", info["cdo"] or "not installed")]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return (f"Command: `{command}`\n\n| machine | |\n|---|---|\n{table}\n\n"
+            "Absolute times on a shared machine drift; the ratios are measured in the same "
+            "run on the same input and are what the targets refer to.\n")
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole report as markdown."""
+    parts = ["# Benchmark results", "",
+             f"Generated by `python -m benchmarks` on {report['date']} (size "
+             f"`{report['size']}`, {report['seconds']:.0f} s in all). Do not edit by hand: "
+             "run the command again.", "",
+             machine_markdown(report["machine"], report["command"])]
+    for name, (title, module) in SECTIONS.items():
+        if name not in report["sections"]:
+            continue
+        result = report["sections"][name]
+        parts += [f"## {title}", ""]
+        if "error" in result:
+            parts.append(f"Failed: `{result['error']}`\n")
+        else:
+            parts.append(importlib.import_module(module).markdown(result))
+    parts += ["## GPU", "", gpu_markdown(report["gpu"])]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=SIZES, default="small",
+                        help="input sizes: small (a minute), medium (this machine's "
+                        "RESULTS.md), large (inputs of several GB)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections (default: all of {', '.join(SECTIONS)})")
+    parser.add_argument("--output", default="benchmarks/RESULTS",
+                        help="output path without suffix: writes .md and .json")
+    parser.add_argument("--workdir", default=None,
+                        help="where to generate inputs (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown or not chosen:
+        parser.error(f"--only: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    logging.basicConfig(level=logging.WARNING)
+    start = time.monotonic()
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": args.size,
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None
+                                                       else sys.argv[1:]),
+        "machine": machine(), "sections": {}}
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="downscale-bench-", dir=args.workdir) as tmp:
+        for name in chosen:
+            print(f"[benchmarks] {name} ({args.size}) ...", file=sys.stderr, flush=True)
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            try:
+                module = importlib.import_module(SECTIONS[name][1])
+                report["sections"][name] = module.run(args.size, workdir)
+            except Exception as exc:  # a failed section is reported, the others still run
+                failed = True
+                report["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+                logging.exception("section %s failed", name)
+            shutil.rmtree(workdir, ignore_errors=True)
+        report["gpu"] = gpu_section(args.size, Path(tmp))
+    report["seconds"] = time.monotonic() - start
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    output.with_suffix(".md").write_text(render(report))
+    print(f"[benchmarks] wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}",
+          file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

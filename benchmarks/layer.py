@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import median_seconds
+from benchmarks.timing import interleaved_seconds, median, median_ratio
 from downscale.nn.conserving import MassConservingConvTranspose2d
 
 
@@ -45,47 +46,94 @@ def _before(layer: MassConservingConvTranspose2d, x: torch.Tensor, area: torch.T
 
 
 def compare_layers(sizes: list[int], channels: int = 8, stride: int = 4, batch: int = 4,
-                   repeats: int = 5) -> list[dict[str, Any]]:
-    """Forward and forward+backward time of both layers on coarse grids of ``sizes``.
+                   repeats: int = 9, device: str = "cpu") -> list[dict[str, Any]]:
+    """Forward and forward+backward time of the layers on coarse grids of ``sizes``.
 
     Args:
         sizes: Coarse grid edges (cells).
         channels: Channels (one kernel each).
         stride: Upsampling factor.
         batch: Samples per call.
-        repeats: Timed repeats per figure.
+        repeats: Timed rounds per figure; the layers take turns in each round.
+        device: Torch device.
 
     Returns:
-        One row per size: seconds of each layer (``conserving``, ``before``: the same layer
-        before optimisation, ``plain``) and the ratios to plain.
+        One row per size: median seconds of each layer (``conserving``; ``before``: the
+        same layer before optimisation; ``plain``) and the median per-round ratios to plain.
     """
     rows = []
-    conserving = MassConservingConvTranspose2d(channels, stride, 2 * stride)
+    conserving = MassConservingConvTranspose2d(channels, stride, 2 * stride).to(device)
     plain = torch.nn.ConvTranspose2d(channels, channels, 2 * stride, stride=stride,
-                                     padding=conserving.padding, groups=channels, bias=False)
+                                     padding=conserving.padding, groups=channels,
+                                     bias=False).to(device)
+    def sync() -> None:  # CUDA calls return before the work is done
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     for n in sizes:
         # Inside a network the layer's input needs its gradient too.
-        x = torch.randn(batch, channels, n, n, requires_grad=True)
-        area = torch.rand(1, 1, n * stride, n * stride) + 0.5
-        figures: dict[str, Any] = {"coarse_cells": n * n}
-        calls: tuple[tuple[str, Callable[[], torch.Tensor]], ...] = (
-            ("conserving", functools.partial(conserving, x, area)),
-            ("before", functools.partial(_before, conserving, x, area)),
-            ("plain", functools.partial(plain, x)))
-        for name, layer in calls:
-            def forward(layer: Callable[[], torch.Tensor] = layer) -> None:
-                with torch.no_grad():
-                    layer()
-
-            def backward(layer: Callable[[], torch.Tensor] = layer) -> None:
-                layer().sum().backward()  # type: ignore[no-untyped-call]
-
-            figures[f"{name}_forward_s"] = median_seconds(forward, repeats)
-            figures[f"{name}_forward_backward_s"] = median_seconds(backward, repeats)
+        x = torch.randn(batch, channels, n, n, device=device, requires_grad=True)
+        area = torch.rand(1, 1, n * stride, n * stride, device=device) + 0.5
+        layers: dict[str, Callable[[], torch.Tensor]] = {
+            "conserving": functools.partial(conserving, x, area),
+            "before": functools.partial(_before, conserving, x, area),
+            "plain": functools.partial(plain, x)}
+        figures: dict[str, Any] = {"coarse_grid": f"{n}x{n}",
+                                   "fine_cells": batch * channels * (n * stride) ** 2}
         for kind in ("forward", "forward_backward"):
-            figures[f"ratio_{kind}"] = (figures[f"conserving_{kind}_s"]
-                                        / figures[f"plain_{kind}_s"])
-            figures[f"ratio_before_{kind}"] = (figures[f"before_{kind}_s"]
-                                               / figures[f"plain_{kind}_s"])
+            def call(layer: Callable[[], torch.Tensor], kind: str = kind) -> None:
+                if kind == "forward":
+                    with torch.no_grad():
+                        layer()
+                else:
+                    layer().sum().backward()  # type: ignore[no-untyped-call]
+                sync()
+
+            times = interleaved_seconds(
+                {name: functools.partial(call, layer) for name, layer in layers.items()},
+                repeats)
+            for name in layers:
+                figures[f"{name}_{kind}_s"] = median(times[name])
+            figures[f"ratio_{kind}"] = median_ratio(times["conserving"], times["plain"])
+            figures[f"ratio_before_{kind}"] = median_ratio(times["before"], times["plain"])
         rows.append(figures)
     return rows
+
+
+SIZES = {"small": [16, 32], "medium": [32, 64, 128], "large": [64, 128, 256]}
+TARGET = 1.15  # issue 7: conserving within 1.15x of the plain layer, forward+backward
+
+
+def run(size: str, workdir: Path, device: str = "cpu") -> dict[str, Any]:
+    """The layer section at ``size`` (``workdir`` unused: nothing is written)."""
+    return {"device": device, "channels": 8, "stride": 4, "kernel": 8, "batch": 4,
+            "threads": torch.get_num_threads(), "target_forward_backward": TARGET,
+            "rows": compare_layers(SIZES[size], device=device)}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The layer section as markdown: times (ms) and ratios, before and after."""
+    lines = [
+        f"Depthwise, {result['channels']} channels, stride {result['stride']}, kernel "
+        f"{result['kernel']}, batch {result['batch']}, on {result['device']} "
+        f"({result['threads']} torch threads); the input needs its gradient, as inside a "
+        "network. *Before* is this layer as it was in 0.1.0 (transposed convolution, then the "
+        "fold through autograd slices); *after* is the current one (fold and area division "
+        "in one pass with a hand-written adjoint). Ratios are medians of per-round ratios, "
+        "the three layers taking turns.", "",
+        "| coarse grid | plain fwd (ms) | before fwd (ms) | after fwd (ms) | ratio fwd before "
+        "-> after | plain fwd+bwd (ms) | before fwd+bwd (ms) | after fwd+bwd (ms) | ratio "
+        "fwd+bwd before -> after |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        cells = [row["coarse_grid"]]
+        for kind in ("forward", "forward_backward"):
+            cells += [f"{1e3 * row[f'{name}_{kind}_s']:.2f}"
+                      for name in ("plain", "before", "conserving")]
+            cells.append(f"{row[f'ratio_before_{kind}']:.2f} -> **{row[f'ratio_{kind}']:.2f}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    worst = max(row["ratio_forward_backward"] for row in result["rows"])
+    verdict = "met" if worst <= result["target_forward_backward"] else "not met"
+    lines += ["", f"Target (forward+backward within {result['target_forward_backward']}x of "
+              f"the plain layer): **{verdict}** (worst ratio {worst:.2f})."]
+    return "\n".join(lines) + "\n"

@@ -15,3 +15,32 @@ def median_seconds(step: Callable[[], object], repeats: int) -> float:
         step()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def interleaved_seconds(steps: dict[str, Callable[[], object]], repeats: int
+                        ) -> dict[str, list[float]]:
+    """Wall times (s) of each step over ``repeats`` rounds, the steps taking turns.
+
+    On a shared machine the load drifts over seconds; timing the contenders in turn
+    exposes them to the same drift, so per-round ratios are steadier than ratios of
+    separately taken medians. Each step is called once untimed first.
+    """
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    """The median (the upper middle value of an even count)."""
+    return sorted(values)[len(values) // 2]
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]``."""
+    return median([a / b for a, b in zip(numerator, denominator, strict=True)])

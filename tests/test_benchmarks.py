@@ -9,17 +9,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def test_benchmark_command_writes_finite_ratios(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "benchmarks", "--size", "small", "--output",
-                    str(out)], check=True, cwd=ROOT, env=env, capture_output=True, timeout=120)
-    report = json.loads(out.read_text())
-    assert {"machine", "layer", "gpu"} <= set(report)
-    assert report["gpu"].startswith("not measured")
-    for row in report["layer"]:
-        assert math.isfinite(row["ratio_forward"]) and row["ratio_forward"] > 0
-        assert math.isfinite(row["ratio_forward_backward"]) and row["ratio_forward_backward"] > 0
+def test_benchmark_command_writes_markdown_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    subprocess.run([sys.executable, "-m", "benchmarks", "--size", "small", "--only", "layer",
+                    "--output", str(out)], check=True, cwd=ROOT, env=ENV,
+                   capture_output=True, timeout=300)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert {"machine", "sections", "gpu", "size", "command"} <= set(report)
+    assert report["machine"]["torch"] == torch.__version__
+    rows = report["sections"]["layer"]["rows"]
+    assert [row["coarse_grid"] for row in rows] == ["16x16", "32x32"]
+    for row in rows:
+        for key in ("ratio_forward", "ratio_forward_backward", "ratio_before_forward",
+                    "ratio_before_forward_backward"):
+            assert math.isfinite(row[key]) and row[key] > 0
+    if not torch.cuda.is_available():
+        assert report["gpu"] == {"measured": False,
+                                 "reason": "not measured: no GPU on this machine"}
+    text = out.with_suffix(".md").read_text()
+    assert "## Conserving layer" in text and "| 32x32 |" in text
+    assert "Target (forward+backward within 1.15x" in text
+    assert "Not measured: no GPU on this machine." in text
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "layer,nope",
+                           "--output", str(tmp_path / "r")], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "unknown section(s) ['nope']" in done.stderr
+    assert not (tmp_path / "r.md").exists()
