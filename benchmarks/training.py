@@ -110,19 +110,20 @@ class BatchTimes(L.Callback):
 # -- 1. loading ------------------------------------------------------------------------------
 def _loader_figures(loader: Iterator[Sample], n_batches: int) -> tuple[dict[str, Any],
                                                                         list[Sample]]:
-    """Time ``n_batches`` of ``loader``: start-up (first batch) and the median later batch."""
+    """Time ``n_batches`` of ``loader``: start-up (the first batch) and the rate after it.
+
+    The rate is over all later batches together, not a median: with workers, batches
+    arrive in bursts (one wait, then batches already made by the other workers).
+    """
     start = time.perf_counter()
     batches = [next(loader)]
-    startup = time.perf_counter() - start
-    times = []
+    first = time.perf_counter()
     for _ in range(n_batches - 1):
-        start = time.perf_counter()
         batches.append(next(loader))
-        times.append(time.perf_counter() - start)
-    batch_size = int(batches[0]["fine"].shape[0])
-    median = float(np.median(times))
-    return {"first_batch_s": startup, "median_batch_s": median,
-            "samples_per_s": batch_size / median}, batches
+    elapsed = time.perf_counter() - first
+    samples = sum(int(b["fine"].shape[0]) for b in batches[1:])
+    return {"first_batch_s": first - start, "timed_batches": n_batches - 1,
+            "samples_per_s": samples / elapsed}, batches
 
 
 def _raw_read_figures(path: Path, batches: list[Sample], patch: tuple[int, int]
@@ -267,6 +268,13 @@ def measure_loading(path: Path, size: TrainingSize) -> dict[str, Any]:
         result["ratios"]["loader_workers_over_model"] = (
             result["loader_workers"]["samples_per_s"] / model_rate)
     result["meets_target"] = result["ratios"]["loader_over_model"] >= TARGET_RATIO
+    # What a read at the netCDF4 floor would give (an estimate from the figures above, not a
+    # measurement): the sample's time outside FieldSource.read, plus the floor read.
+    per_sample = 1.0 / loader["samples_per_s"]
+    outside_read = per_sample * max(1.0 - result["source_read_share"], 0.0)
+    floor_rate = 1.0 / (outside_read + 1.0 / result["raw_read"]["netcdf4_samples_per_s"])
+    result["estimate_floor_read"] = {"samples_per_s": floor_rate,
+                                     "over_model": floor_rate / model_rate}
     return result
 
 
@@ -358,9 +366,12 @@ def run(size: str, workdir: Path) -> dict[str, Any]:
 
     Returns:
         JSON-serialisable figures: ``size``, ``input``, ``loading`` (see
-        :func:`measure_loading`), ``ddp`` (see :func:`measure_ddp`) and ``gpu``.
+        :func:`measure_loading`), ``ddp`` (see :func:`measure_ddp`), ``gpu`` (not measured)
+        and ``load_average_1min`` (other work on the machine, before and after).
     """
     chosen = SIZES[size]
+    # Other work on the same cores shows in every figure here; the load says how much.
+    load_before = os.getloadavg()[0]
     path = write_field(workdir / "training_input.nc", chosen.steps, chosen.ny, chosen.nx)
     try:
         result: dict[str, Any] = {
@@ -368,6 +379,8 @@ def run(size: str, workdir: Path) -> dict[str, Any]:
             "loading": measure_loading(path, chosen), "ddp": measure_ddp(path, chosen, workdir)}
     finally:
         path.unlink()
+    result["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0],
+                                   "cores": os.cpu_count()}
     model_rate = result["loading"]["model"]["samples_per_s"]
     result["gpu"] = {"measured": False, "reason": "no GPU on this machine",
                      "rule": "the loader must deliver at least the GPU's training-step rate",
@@ -377,7 +390,10 @@ def run(size: str, workdir: Path) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The section as markdown: absolute figures (samples/s, s) and the ratios."""
-    return _loading_markdown(result) + "\n" + _ddp_markdown(result["ddp"])
+    load = result["load_average_1min"]
+    note = (f"_Machine load (1-min average) {load['before']:.1f} before, {load['after']:.1f} "
+            f"after, on {load['cores']} cores: other work shares the CPU._\n\n")
+    return note + _loading_markdown(result) + "\n" + _ddp_markdown(result["ddp"])
 
 
 def _loading_markdown(result: dict[str, Any]) -> str:
@@ -390,7 +406,8 @@ def _loading_markdown(result: dict[str, Any]) -> str:
         "",
         f"Default settings: patches {s['patch'][0]} x {s['patch'][1]}, batch "
         f"{s['batch_size']}, num_workers {s['num_workers']}; default model, "
-        f"{model['parameters']} parameters. Medians over batches, samples/s.",
+        f"{model['parameters']} parameters. Samples/s: loaders over all batches after the "
+        "first; reads and model steps, medians over batches.",
         "",
         "| what | samples/s | / fastest model step |",
         "|---|---:|---:|",
@@ -419,6 +436,9 @@ def _loading_markdown(result: dict[str, Any]) -> str:
         f"{load['source_read_share']:.0%} of the time of one sample. Setup (statistics pass)"
         f" {loader['setup_s']:.2f} s; first batch {loader['first_batch_s']:.3f} s. The raw "
         f"read returns the loader's values: {raw['same_values_as_loader']}.",
+        f"- Estimate, not measured: with reads at the netCDF4 floor the loader would give "
+        f"about {load['estimate_floor_read']['samples_per_s']:.0f} samples/s "
+        f"({load['estimate_floor_read']['over_model']:.1f}x the model).",
         f"- GPU: not measured (no GPU here). To keep a GPU fed, the loader must deliver the "
         f"GPU's training-step rate: k x {rate:.0f} samples/s for a GPU k times this CPU. "
         f"The default loader delivers {loader['samples_per_s']:.0f} samples/s, so it keeps "

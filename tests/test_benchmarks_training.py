@@ -35,7 +35,7 @@ def test_training_benchmark_measures_loader_model_and_ddp(tmp_path: Path) -> Non
     for rate in (load["loader"]["samples_per_s"], load["raw_read"]["netcdf4_samples_per_s"],
                  load["raw_read"]["xarray_dask_samples_per_s"],
                  *(m["samples_per_s"] for m in load["model_by_threads"]),
-                 *load["ratios"].values()):
+                 *load["ratios"].values(), load["estimate_floor_read"]["samples_per_s"]):
         assert _positive(rate)
     assert 0 < load["source_read_share"] <= 1.5  # two medians: may exceed 1 by noise
     ddp = result["ddp"]
