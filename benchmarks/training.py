@@ -9,7 +9,7 @@ default DataModule and model, i.e. what ``downscale fit --data.path X --data.var
 size       input (steps x lat x lon)  loader/model  fit steps  workers  whole CPU
 =========  =========================  ============  =========  =======  =========
 small      12 x 90 x 180 (0.8 MB)     6 / 4         6          -        no
-medium     64 x 180 x 360 (17 MB)     32 / 16       40         2        yes
+medium     64 x 180 x 360 (17 MB)     32 / 32       96         2        yes
 large      365 x 720 x 1440 (1.5 GB)  64 / 32       96         2        yes
 =========  =========================  ============  =========  =======  =========
 
@@ -72,8 +72,8 @@ class TrainingSize:
 SIZES = {
     "small": TrainingSize(steps=12, ny=90, nx=180, loader_batches=6, model_steps=4,
                           fit_steps=6, workers=0, whole_cpu=False),
-    "medium": TrainingSize(steps=64, ny=180, nx=360, loader_batches=32, model_steps=16,
-                           fit_steps=40, workers=2, whole_cpu=True),
+    "medium": TrainingSize(steps=64, ny=180, nx=360, loader_batches=32, model_steps=32,
+                           fit_steps=96, workers=2, whole_cpu=True),
     "large": TrainingSize(steps=365, ny=720, nx=1440, loader_batches=64, model_steps=32,
                           fit_steps=96, workers=2, whole_cpu=True),
 }
@@ -225,23 +225,33 @@ def measure_loading(path: Path, size: TrainingSize) -> dict[str, Any]:
     """Loader, raw-read and model rates on the same file and the same batches (samples/s).
 
     Returns:
-        ``loader`` (default settings; ``setup_s`` is the statistics pass), optionally
-        ``loader_workers`` (``size.workers`` DataLoader workers), ``raw_read``, ``model``,
-        ``shapes`` of one batch, ``source_read_share`` and the ratios.
+        ``loader`` (default settings, with the step cache; ``setup_s`` is the statistics
+        pass, ``cache_hit_rate`` over the timed batches), ``loader_uncached`` (the same
+        with ``cache_mb=0``: every sample read through xarray and Dask, as before the cache),
+        optionally ``loader_workers`` (``size.workers`` DataLoader workers), ``raw_read``,
+        ``model`` (the faster of ``model_by_threads``), ``shapes`` of one batch,
+        ``source_read_share`` (uncached), ``estimate_floor_read`` and the ratios.
     """
+    uncached = DownscalingDataModule(str(path), VARIABLE, FACTOR, cache_mb=0)
+    uncached.setup("fit")
+    before, _ = _loader_figures(iter(uncached.train_dataloader()), size.loader_batches)
     dm = DownscalingDataModule(str(path), VARIABLE, FACTOR)
     start = time.perf_counter()
     dm.setup("fit")
     setup_s = time.perf_counter() - start
     loader, batches = _loader_figures(iter(dm.train_dataloader()), size.loader_batches)
-    loader["setup_s"] = setup_s
+    reads = dm.source.cache_hits + dm.source.cache_misses
+    loader.update(setup_s=setup_s, cache_mb=dm.source.cache_mb,
+                  cache_hit_rate=dm.source.cache_hits / reads if reads else 0.0)
     result: dict[str, Any] = {
         "settings": {"batch_size": dm.batch_size, "patch": list(dm.patch_shape),
-                     "num_workers": dm.num_workers, "samples_per_epoch": dm.samples_per_epoch},
+                     "num_workers": dm.num_workers, "samples_per_epoch": dm.samples_per_epoch,
+                     "cache_mb": dm.source.cache_mb},
         "shapes": {k: list(v.shape) for k, v in batches[0].items()},
         "loader": loader,
+        "loader_uncached": before,
         "raw_read": _raw_read_figures(path, batches, dm.patch_shape),
-        "source_read_share": _source_read_share(dm, batches),
+        "source_read_share": _source_read_share(uncached, batches),
     }
     # Torch's default thread count and one thread: on a CPU shared with other work, OpenMP
     # threads waiting for a busy core can make the default many times slower, so the
@@ -259,18 +269,20 @@ def measure_loading(path: Path, size: TrainingSize) -> dict[str, Any]:
     model_rate = result["model"]["samples_per_s"]
     result["ratios"] = {
         "loader_over_model": loader["samples_per_s"] / model_rate,
+        "loader_uncached_over_model": before["samples_per_s"] / model_rate,
+        "cache_speedup": loader["samples_per_s"] / before["samples_per_s"],
         "loader_over_netcdf4": loader["samples_per_s"]
         / result["raw_read"]["netcdf4_samples_per_s"],
-        "loader_over_xarray_dask": loader["samples_per_s"]
+        "loader_uncached_over_xarray_dask": before["samples_per_s"]
         / result["raw_read"]["xarray_dask_samples_per_s"],
     }
     if "loader_workers" in result:
         result["ratios"]["loader_workers_over_model"] = (
             result["loader_workers"]["samples_per_s"] / model_rate)
     result["meets_target"] = result["ratios"]["loader_over_model"] >= TARGET_RATIO
-    # What a read at the netCDF4 floor would give (an estimate from the figures above, not a
-    # measurement): the sample's time outside FieldSource.read, plus the floor read.
-    per_sample = 1.0 / loader["samples_per_s"]
+    # What uncached reads at the netCDF4 floor would give (an estimate from the figures
+    # above, not a measurement): the sample's time outside FieldSource.read, plus the floor.
+    per_sample = 1.0 / before["samples_per_s"]
     outside_read = per_sample * max(1.0 - result["source_read_share"], 0.0)
     floor_rate = 1.0 / (outside_read + 1.0 / result["raw_read"]["netcdf4_samples_per_s"])
     result["estimate_floor_read"] = {"samples_per_s": floor_rate,
@@ -411,8 +423,12 @@ def _loading_markdown(result: dict[str, Any]) -> str:
         "",
         "| what | samples/s | / fastest model step |",
         "|---|---:|---:|",
-        f"| DataModule train loader | {loader['samples_per_s']:.0f} | "
+        f"| DataModule train loader (step cache {loader['cache_mb']:.0f} MiB, hit rate "
+        f"{loader['cache_hit_rate']:.0%}) | {loader['samples_per_s']:.0f} | "
         f"**{ratios['loader_over_model']:.2f}x** |",
+        f"| same, `cache_mb=0` (every sample through xarray + Dask; before the cache) | "
+        f"{load['loader_uncached']['samples_per_s']:.0f} | "
+        f"{ratios['loader_uncached_over_model']:.2f}x |",
     ]
     if "loader_workers" in load:
         w = load["loader_workers"]
@@ -429,20 +445,23 @@ def _loading_markdown(result: dict[str, Any]) -> str:
         "",
         f"- Loader / model: **{ratios['loader_over_model']:.2f}x** against the faster model "
         f"figure ({model['threads']} thread(s)); target >= {TARGET_RATIO:.0f}x: "
-        f"{'met' if load['meets_target'] else 'missed'}. Loader / netCDF4 floor "
-        f"{ratios['loader_over_netcdf4']:.3f}; loader / xarray-Dask read "
-        f"{ratios['loader_over_xarray_dask']:.2f}.",
-        f"- `FieldSource.read` (xarray selection + a Dask compute per sample) is "
+        f"{'met' if load['meets_target'] else 'missed'}. The step cache: "
+        f"{ratios['cache_speedup']:.1f}x the uncached loader. Loader / netCDF4 floor "
+        f"{ratios['loader_over_netcdf4']:.2f}; uncached loader / xarray-Dask read "
+        f"{ratios['loader_uncached_over_xarray_dask']:.2f}.",
+        f"- Uncached, `FieldSource.read` (xarray selection + a Dask compute per sample) is "
         f"{load['source_read_share']:.0%} of the time of one sample. Setup (statistics pass)"
         f" {loader['setup_s']:.2f} s; first batch {loader['first_batch_s']:.3f} s. The raw "
         f"read returns the loader's values: {raw['same_values_as_loader']}.",
-        f"- Estimate, not measured: with reads at the netCDF4 floor the loader would give "
+        f"- Estimate, not measured: with uncached reads at the netCDF4 floor the loader "
+        f"would give "
         f"about {load['estimate_floor_read']['samples_per_s']:.0f} samples/s "
         f"({load['estimate_floor_read']['over_model']:.1f}x the model).",
         f"- GPU: not measured (no GPU here). To keep a GPU fed, the loader must deliver the "
         f"GPU's training-step rate: k x {rate:.0f} samples/s for a GPU k times this CPU. "
         f"The default loader delivers {loader['samples_per_s']:.0f} samples/s, so it keeps "
-        f"up only while k <= {ratios['loader_over_model']:.1f} (per loader process).",
+        f"up only while k <= {ratios['loader_over_model']:.1f} (per loader process; the "
+        f"hit rate falls when the training steps outgrow the cache).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -32,7 +32,9 @@ def test_training_benchmark_measures_loader_model_and_ddp(tmp_path: Path) -> Non
     assert load["shapes"]["coarse"] == [16, 1, 8, 8]
     assert load["shapes"]["fine_area"] == load["shapes"]["fine_valid"] == [16, 1, 32, 32]
     assert load["raw_read"]["same_values_as_loader"]
-    for rate in (load["loader"]["samples_per_s"], load["raw_read"]["netcdf4_samples_per_s"],
+    assert 0 <= load["loader"]["cache_hit_rate"] <= 1
+    for rate in (load["loader"]["samples_per_s"], load["loader_uncached"]["samples_per_s"],
+                 load["raw_read"]["netcdf4_samples_per_s"],
                  load["raw_read"]["xarray_dask_samples_per_s"],
                  *(m["samples_per_s"] for m in load["model_by_threads"]),
                  *load["ratios"].values(), load["estimate_floor_read"]["samples_per_s"]):
