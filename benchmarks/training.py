@@ -170,22 +170,23 @@ def _source_read_share(dm: DownscalingDataModule, batches: list[Sample]) -> floa
     """Share of the loader's per-sample time spent in ``FieldSource.read`` (0..1).
 
     Times the package's own read of the same windows against the whole sample
-    (``dataset[i]``: read, mask, aggregate, tensors); collation is not in either.
+    (``dataset[i]``: read, mask, aggregate, tensors; collation is in neither), one after
+    the other for each sample, so that a change in other load on the machine hits both.
     """
     dataset = dm.train_dataloader().dataset
     ph, pw = dm.patch_shape
     windows = [(int(t), int(y), int(x)) for b in batches[:2]
                for t, y, x in zip(b["time"], b["y0"], b["x0"], strict=True)]
-
-    def reads() -> None:
-        for t, y, x in windows:
+    read_s = sample_s = 0.0
+    for _ in range(3):
+        for i, (t, y, x) in enumerate(windows):
+            start = time.perf_counter()
             dm.source.read(t, slice(y, y + ph), slice(x, x + pw))
-
-    def samples() -> None:
-        for i in range(len(windows)):
+            middle = time.perf_counter()
             dataset[i]
-
-    return median_seconds(reads, 3) / median_seconds(samples, 3)
+            read_s += middle - start
+            sample_s += time.perf_counter() - middle
+    return read_s / sample_s
 
 
 def _model_figures(dm: DownscalingDataModule, batches: list[Sample], steps: int,
