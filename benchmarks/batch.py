@@ -75,8 +75,8 @@ class Size:
         nx: Coarse longitude cells.
         steps: Time steps of the 1x input.
         time_chunk: ``--time-chunk`` of every run (steps per task).
-        repeats: Timed repetitions of each section-1 measurement (after one warm-up call;
-            the median is reported): the machine is shared and its timings are noisy.
+        repeats: Timed rounds of section 1 (after one warm-up round; the median is
+            reported): the machine is shared and its timings are noisy.
         cdo_workers: ``--workers`` of the ``downscale run`` processes next to CDO.
     """
 
@@ -177,11 +177,16 @@ def _chunks(steps: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, steps)) for a in range(0, steps, size)]
 
 
-def _read_fine(path: Path) -> NDArray[np.float32]:
+def _fine_steps(path: Path, steps: int = 8
+                ) -> Iterator[tuple[slice, NDArray[np.float32]]]:
+    """An output's ``(time slice, fine values)``, a few steps at a time (outputs of the large
+    size do not fit in memory)."""
     import netCDF4
 
     with netCDF4.Dataset(path) as nc:
-        return np.asarray(nc[VARIABLE][:], np.float32)
+        values = nc[VARIABLE]
+        for a, b in _chunks(len(values), steps):
+            yield slice(a, b), np.asarray(values[a:b], np.float32)
 
 
 def max_conservation_error(path: Path, data: Input) -> float:
@@ -189,41 +194,36 @@ def max_conservation_error(path: Path, data: Input) -> float:
     from downscale.metrics import conservation_error
 
     area = fine_cell_areas(data.y_bnds, data.x_bnds, FACTOR)
-    return float(conservation_error(_read_fine(path), data.values, area, FACTOR).max_rel)
+    return max(float(conservation_error(fine, data.values[t], area, FACTOR).max_rel)
+               for t, fine in _fine_steps(path))
 
 
 def is_block_repeat(path: Path, data: Input) -> bool:
     """Whether an output holds exactly the input's values repeated ``FACTOR x FACTOR``."""
-    expected = data.values.repeat(FACTOR, axis=1).repeat(FACTOR, axis=2)
-    return bool(np.array_equal(_read_fine(path), expected))
+    return all(np.array_equal(fine, data.values[t].repeat(FACTOR, axis=1).repeat(FACTOR, axis=2))
+               for t, fine in _fine_steps(path))
 
 
 # -- section 1: the I/O floor -----------------------------------------------------------------
 def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
                   ) -> dict[str, float]:
-    """Seconds of each stage of a run alone, chunk by chunk as ``downscale run`` cuts them.
+    """Seconds of reading and of writing alone, chunk by chunk as ``downscale run`` cuts them.
 
-    Each is the median of ``size.repeats`` calls after a warm-up (read: of 3).
-
-    ``read``: the chunks through :class:`~downscale.data.source.FieldSource` (the page cache
-    is warm, as it is for the runs); ``compute``: the model on the arrays in memory, in this
-    process's torch threads; ``write``: precomputed fine chunks through
+    Each is the median of ``size.repeats`` calls after a warm-up (read: of 3). ``read``: the
+    chunks through :class:`~downscale.data.source.FieldSource` (the page cache is warm, as
+    it is for the runs); ``write``: precomputed fine chunks through
     :func:`downscale.run.write_output` (same encoding, atomic write and verification).
+    Compute alone is timed with the runs (:func:`io_floor_run`).
     """
     from downscale.data.source import FieldSource
 
     info = downscale.run.read_checkpoint(checkpoint)
-    model = downscale.run.load_model(info.path, info.sha256, "cpu", info.task)
     chunks = _chunks(len(data.values), size.time_chunk)
 
     def read() -> None:
         source = FieldSource([str(data.path)], VARIABLE, 1, crop=False)
         for a, b in chunks:
             source.read(slice(a, b), slice(None), slice(None))
-
-    def compute() -> None:
-        for a, b in chunks:
-            downscale_field(model, data.values[a:b], data.y_bnds, data.x_bnds, FACTOR)
 
     # One chunk's nearest upsampling, handed out for every chunk: memory stays one chunk.
     block = data.values[:size.time_chunk].repeat(FACTOR, axis=1).repeat(FACTOR, axis=2)
@@ -238,8 +238,7 @@ def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
     def write() -> None:
         downscale.run.write_output(job, plan, lambda a, b: block[: b - a])
 
-    seconds = {"read": median_seconds(read, 3), "compute": median_seconds(compute, size.repeats),
-               "write": median_seconds(write, size.repeats)}
+    seconds = {"read": median_seconds(read, 3), "write": median_seconds(write, size.repeats)}
     plan.path.unlink(missing_ok=True)
     return seconds
 
@@ -261,49 +260,80 @@ def _downscale_in_memory(info: downscale.run.CheckpointInfo, values: NDArray[np.
     downscale_field(model, values, y_bnds, x_bnds, FACTOR)
 
 
-def compute_on_workers(client: Any, checkpoint: Path, data: Input, size: Size) -> float:
-    """Seconds of the model alone on the workers: chunks sent from memory, results dropped.
+def compute_alone(checkpoint: Path, data: Input, size: Size, client: Any | None
+                  ) -> Callable[[], None]:
+    """The model alone on the chunks in memory, in this process or on ``client``'s workers.
 
-    The model-compute floor of a distributed run: 2 single-threaded workers are not one
-    process with 2 torch threads (they scale better on small fields).
+    The compute floor of a run in the same processes: 2 single-threaded workers are not
+    one process with 2 torch threads (they scale better on small fields).
     """
     info = downscale.run.read_checkpoint(checkpoint)
+    chunks = _chunks(len(data.values), size.time_chunk)
+    if client is None:
+        model = downscale.run.load_model(info.path, info.sha256, "cpu", info.task)
 
-    def compute() -> None:
-        futures = [client.submit(_downscale_in_memory, info, data.values[a:b],
-                                 data.y_bnds, data.x_bnds, pure=False)
-                   for a, b in _chunks(len(data.values), size.time_chunk)]
-        client.gather(futures)
+        def in_process() -> None:
+            for a, b in chunks:
+                downscale_field(model, data.values[a:b], data.y_bnds, data.x_bnds, FACTOR)
 
-    return median_seconds(compute, size.repeats)
+        return in_process
+
+    def on_workers() -> None:
+        client.gather([client.submit(_downscale_in_memory, info, data.values[a:b],
+                                     data.y_bnds, data.x_bnds, pure=False) for a, b in chunks])
+
+    return on_workers
+
+
+def interleaved_medians(steps: dict[str, Callable[[], float]], repeats: int
+                        ) -> dict[str, float]:
+    """Median seconds of each step (it returns its own), the steps taking turns.
+
+    One warm-up round, then ``repeats`` rounds: load from the machine's other users falls
+    on all of them alike, so their ratios hold where their absolute times would not.
+    """
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def io_floor_run(checkpoint: Path, data: Input, size: Size, workdir: Path,
-                 stages: dict[str, float], client: Any | None) -> dict[str, Any]:
-    """Time ``downscale run`` with the default and the identity model.
+                 io_stages: dict[str, float], client: Any | None) -> dict[str, Any]:
+    """Time ``downscale run`` with the default and the identity model, and compute alone.
 
     Args:
-        stages: Seconds of read, compute (in this process) and write alone.
+        io_stages: Seconds of read and write alone (:func:`stage_seconds`).
         client: A client of the workers that the runs join (``--scheduler``), or None to
             run in this process (``--workers 0``).
 
     Returns:
-        Seconds and output cells/s of both runs, the ratio of the run to the slower of
-        (I/O floor, compute alone in the same processes), how much the stages overlap, the
-        run's largest conservation error and whether the identity run's output is the
+        Seconds and output cells/s of both runs and of compute alone, the ratio of the run
+        to the slower of (I/O floor, compute alone), how much the stages overlap, the run's
+        largest conservation error and whether the identity run's output is the
         block-repeated input.
     """
     workers = 0 if client is None else len(client.nthreads())
     extra = ["--workers", "0"] if client is None else ["--scheduler", client.scheduler.address]
-    if client is not None:
-        stages = {**stages, "compute": compute_on_workers(client, checkpoint, data, size)}
     model_out, identity_out = workdir / f"run_w{workers}.nc", workdir / f"identity_w{workers}.nc"
-    model_s = median_seconds(lambda: downscale.run.main(run_argv(
-        checkpoint, data.path, model_out, size.time_chunk, *extra)), size.repeats)
-    with identity_model(client):
-        identity_s = median_seconds(lambda: downscale.run.main(run_argv(
-            checkpoint, data.path, identity_out, size.time_chunk, *extra)), size.repeats)
-    row = _floor_row(workers, model_s, identity_s, stages, data)
+    compute = compute_alone(checkpoint, data, size, client)
+
+    def model_run() -> float:
+        return _wall(lambda: downscale.run.main(run_argv(checkpoint, data.path, model_out,
+                                                         size.time_chunk, *extra)))
+
+    def identity_run() -> float:
+        with identity_model(client):  # swapping the model in is not timed
+            return _wall(lambda: downscale.run.main(run_argv(
+                checkpoint, data.path, identity_out, size.time_chunk, *extra)))
+
+    seconds = interleaved_medians({"compute": functools.partial(_wall, compute),
+                                   "run": model_run, "identity": identity_run}, size.repeats)
+    row = _floor_row(workers, seconds["run"], seconds["identity"],
+                     {**io_stages, "compute": seconds["compute"]}, data)
     row["conservation_max_rel"] = max_conservation_error(model_out, data)
     row["identity_is_block_repeat"] = is_block_repeat(identity_out, data)
     return row
@@ -474,16 +504,17 @@ def run(size: str, workdir: Path, *, keep_outputs: bool = False) -> dict[str, An
     path = write_field(workdir / "input_1x.nc", spec.steps, spec.ny, spec.nx)
     data = read_input(path)
     checkpoint = fit_checkpoint(path, workdir / "fit")
-    stages = stage_seconds(checkpoint, data, spec, workdir)
+    io_stages = stage_seconds(checkpoint, data, spec, workdir)
     with downscale.run.dask_client(None, WORKERS, "auto") as client:
         # Joined with --scheduler so that the model can be swapped in the workers; warm,
         # so that neither the cluster's start nor the model's first load is counted.
         _warm_workers(client, checkpoint)
+        runs = [io_floor_run(checkpoint, data, spec, workdir, io_stages, c)
+                for c in (None, client)]
+        stages = {**io_stages, "compute": runs[0]["compute_s"]}
         floor = {"stages_s": stages, "compute_cells_per_s": data.fine_cells / stages["compute"],
                  "read_cells_per_s": data.fine_cells / stages["read"],
-                 "write_cells_per_s": data.fine_cells / stages["write"],
-                 "runs": [io_floor_run(checkpoint, data, spec, workdir, stages, c)
-                          for c in (None, client)]}
+                 "write_cells_per_s": data.fine_cells / stages["write"], "runs": runs}
         scaling = scaling_section(checkpoint, data, spec, workdir, client)
     result = {"size": size, "grid": {"coarse": [spec.ny, spec.nx],
                                      "fine": [spec.ny * FACTOR, spec.nx * FACTOR],
