@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,36 @@ def test_state_dict_round_trip_keeps_statistics() -> None:
     restored.load_state_dict(state)
     assert restored.stats == dm.stats
     assert np.isfinite(state["stats"]["std"])
+
+
+def test_step_cache_reads_the_same_values_as_the_files() -> None:
+    cached = DownscalingDataModule(E1, "air_temperature", 4, patch_size=16)
+    uncached = DownscalingDataModule(E1, "air_temperature", 4, patch_size=16, cache_mb=0)
+    for dm in (cached, uncached):
+        dm.setup()
+    got = [b for _, b in zip(range(3), cached.train_dataloader(), strict=False)]
+    want = [b for _, b in zip(range(3), uncached.train_dataloader(), strict=False)]
+    for a, b in zip(got, want, strict=True):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], equal_nan=True)
+    assert uncached.source.cache_hits == uncached.source.cache_misses == 0
+    # 48 random patches from 168 training steps: some steps drawn twice come from memory.
+    assert cached.source.cache_misses == len(cached.source._steps) > 0
+    assert cached.source.cache_hits + cached.source.cache_misses == 48
+
+
+def test_step_cache_is_bounded_and_hands_out_copies() -> None:
+    dm = DownscalingDataModule(E1, "air_temperature", 4)
+    _, h, w = dm.source.shape
+    dm.source.cache_mb = 2.5 * 4 * h * w / 2**20  # room for two whole steps
+    first = dm.source.read(0, slice(0, 8), slice(0, 8))
+    first[:] = 0.0  # a caller writing into its block must not change the cache
+    np.testing.assert_array_equal(dm.source.read(0, slice(0, 8), slice(0, 8)),
+                                  dm.source._read_block(0, slice(0, 8), slice(0, 8)))
+    for t in (1, 2, 3):
+        dm.source.read(t, slice(None), slice(None))
+    assert list(dm.source._steps) == [2, 3]  # least recently used dropped first
+    # Several steps at once bypass the cache; a pickled source (a worker) starts empty.
+    assert dm.source.read([4, 5], slice(0, 8), slice(0, 8)).shape == (2, 8, 8)
+    assert 4 not in dm.source._steps
+    assert not pickle.loads(pickle.dumps(dm.source))._steps

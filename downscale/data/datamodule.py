@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from downscale.data.covariate import StaticCovariate, load_covariate
 from downscale.data.samples import RandomPatchDataset, Sample, TileDataset
-from downscale.data.source import FieldSource, NormStats
+from downscale.data.source import STEP_CACHE_MB, FieldSource, NormStats
 from downscale.errors import InputError
 from downscale.grid import nesting_factor
 
@@ -69,6 +69,9 @@ class DownscalingDataModule(L.LightningDataModule):
             ``covariate_channels: 1``.
         covariate_variable: The covariate's variable; default: the file's elevation
             variable (``standard_name: surface_altitude``, or its only gridded one).
+        cache_mb: Memory (MiB) for whole time steps that each process (and DataLoader
+            worker) keeps after reading them, so later patches of a step skip the read;
+            0 reads every sample from the files.
 
     """
 
@@ -79,8 +82,8 @@ class DownscalingDataModule(L.LightningDataModule):
                  test_fraction: float = 0.15,
                  predict_split: Literal["train", "val", "test", "all"] = "test",
                  num_workers: int = 0, crop: bool = True, seed: int = 0,
-                 covariate_path: str | None = None, covariate_variable: str | None = None
-                 ) -> None:
+                 covariate_path: str | None = None, covariate_variable: str | None = None,
+                 cache_mb: float = STEP_CACHE_MB) -> None:
         super().__init__()
         if factor < 2:
             raise InputError(f"factor must be an integer >= 2, got {factor}",
@@ -91,9 +94,9 @@ class DownscalingDataModule(L.LightningDataModule):
         self.batch_size, self.samples_per_epoch, self.seed = batch_size, samples_per_epoch, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.predict_split, self.num_workers = predict_split, num_workers
-        self.source = FieldSource(path, variable, factor, crop)
-        self.coarse_source = (FieldSource(coarse_path, variable, 1, crop=False)
-                              if coarse_path else None)
+        self.source = FieldSource(path, variable, factor, crop, cache_mb)
+        self.coarse_source = (FieldSource(coarse_path, variable, 1, crop=False,
+                                          cache_mb=cache_mb) if coarse_path else None)
         self.covariate_path, self.covariate_variable = covariate_path, covariate_variable
         self.covariate: StaticCovariate | None = None
         self.stats: NormStats | None = None

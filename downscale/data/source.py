@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,6 +36,8 @@ class NormStats:
 
 
 MANIFEST_SCHEME = "manifest://"
+#: Default per-process budget (MiB) of whole time steps that :meth:`FieldSource.read` keeps.
+STEP_CACHE_MB = 128.0
 
 
 def resolve_path(path: str) -> str:
@@ -58,20 +61,27 @@ class FieldSource:
         variable: Data variable name.
         factor: Upsampling factor; the grid is cropped to a multiple of it.
         crop: Allow cropping (logged); otherwise a non-divisible grid is an error.
+        cache_mb: Memory (MiB, per process) for whole time steps kept by :meth:`read`,
+            least recently used dropped first; 0 turns the cache off.
 
     """
 
     def __init__(self, paths: str | Sequence[str], variable: str, factor: int,
-                 crop: bool = True) -> None:
+                 crop: bool = True, cache_mb: float = STEP_CACHE_MB) -> None:
         raw = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         self.paths = [resolve_path(str(p)) for p in raw]
         self.variable, self.factor, self.crop = variable, factor, crop
+        self.cache_mb = cache_mb
         self._pid: int | None = None
         self._ds: xr.Dataset | None = None
+        self._steps: OrderedDict[int, NDArray[np.float32]] = OrderedDict()
+        #: Reads of one time step served from the cache, and those that filled it.
+        self.cache_hits = self.cache_misses = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_pid=None, _ds=None)
+        # Each process (DataLoader worker) fills its own cache rather than unpickling one.
+        state.update(_pid=None, _ds=None, _steps=OrderedDict())
         return state
 
     @property
@@ -110,7 +120,39 @@ class FieldSource:
         return self.dims[0] == "lat" and is_periodic_longitude(self.dataset["lon_bnds"].values)
 
     def read(self, t: int | slice | Sequence[int], ys: slice, xs: slice) -> NDArray[np.float32]:
-        """Read a block of the variable as float32, shape ``(..., len(ys), len(xs))``."""
+        """Read a block of the variable as float32, shape ``(..., len(ys), len(xs))``.
+
+        A single time step ``t`` is cut from the whole step, kept in a per-process cache of
+        ``cache_mb``: a training epoch draws many patches from each step, and the xarray
+        selection and Dask compute of one read cost some 20 times the NetCDF read itself
+        (``python -m benchmarks.training``), about the same for a window as for the step.
+        The result is a copy, never a view of the cache.
+        """
+        if isinstance(t, int | np.integer) and self._step_fits_cache:
+            return self._cached_step(int(t))[ys, xs].copy()
+        return self._read_block(t, ys, xs)
+
+    @property
+    def _step_fits_cache(self) -> bool:
+        _, h, w = self.shape
+        return 4 * h * w <= self.cache_mb * 2**20
+
+    def _cached_step(self, t: int) -> NDArray[np.float32]:
+        """The whole time step ``t``, ``(H, W)`` float32, through the LRU cache."""
+        step = self._steps.get(t)
+        if step is not None:
+            self._steps.move_to_end(t)
+            self.cache_hits += 1
+            return step
+        self.cache_misses += 1
+        step = self._read_block(t, slice(None), slice(None))
+        self._steps[t] = step
+        while len(self._steps) * step.nbytes > self.cache_mb * 2**20:
+            self._steps.popitem(last=False)
+        return step
+
+    def _read_block(self, t: int | slice | Sequence[int], ys: slice, xs: slice
+                    ) -> NDArray[np.float32]:
         ydim, xdim = self.dims
         block = self.data.isel({"time": t, ydim: ys, xdim: xs})
         with dask.config.set(scheduler="synchronous"):
