@@ -450,6 +450,9 @@ def write_output(job: Job, plan: OutputPlan, fetch: Fetch) -> dict[str, Any]:
     values = dsa.Array(  # type: ignore[no-untyped-call]
         graph, name, chunks=(sizes, (shape[1],), (shape[2],)), dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32))
+    expect = getattr(fetch, "expect", None)
+    if expect is not None:  # a prefetching fetch (_ChunkFeeder) follows the writer's order
+        expect(_request_order(values))
     ds = downscaled_dataset(values, template, job.variable, dict(source.data.attrs),
                             factor=job.factor, checkpoint=job.checkpoint, history=job.history,
                             extra_attrs=job.attrs)
@@ -706,10 +709,12 @@ def _auto_time_chunk(field: xr.Dataset, factor: int) -> int:
 class _ChunkFeeder:
     """Chunks computed on a Dask cluster, at most ``window`` in flight or waiting.
 
-    The writer asks for chunks in an order it does not announce (Dask's); the feeder
-    follows the direction it sees, submitting the next chunks ahead, and computes any other
-    chunk on demand. Memory on the workers is bounded by ``window`` (two per worker thread)
-    chunks, and in this process by one.
+    The writer asks for chunks in the order Dask's scheduler gives their tasks, which is
+    not their time order (ties are broken on the task keys: 9, 8, 7, 63, 62, ... for 64
+    chunks). :func:`write_output` tells the feeder that order (:meth:`expect`), and the
+    feeder keeps the next chunks of it submitted; a chunk asked for out of turn is computed
+    on demand and the feeder goes on from there. Memory on the workers is bounded by
+    ``window`` (two per worker thread) chunks, and in this process by one.
     """
 
     def __init__(self, client: Any, job: Job, plan: OutputPlan, progress: Any) -> None:
@@ -719,7 +724,14 @@ class _ChunkFeeder:
         self.window, self.progress = 2, progress
         self.futures: dict[int, Any] = {}
         self.done: set[int] = set()
-        self.direction = 0
+        self.misses = 0  # chunks asked for that were not submitted ahead
+        self.expect(list(range(len(self.chunks))))
+
+    def expect(self, order: Sequence[int]) -> None:
+        """The order (chunk indices) in which the writer will ask for the chunks."""
+        self.order = list(order)
+        self.position = {i: n for n, i in enumerate(self.order)}
+        self.next = 0
 
     def _submit(self, i: int) -> None:
         if i not in self.futures and i not in self.done:
@@ -727,28 +739,37 @@ class _ChunkFeeder:
             self.futures[i] = self.client.submit(compute_chunk, self.job, self.plan.inputs, a,
                                                  b, pure=False)
 
-    def _top_up(self, i: int) -> None:
-        j = i
-        while len(self.futures) < self.window and 0 <= j + self.direction < len(self.chunks):
-            j += self.direction
-            self._submit(j)
+    def _top_up(self) -> None:
+        while len(self.futures) < self.window and self.next < len(self.order):
+            self._submit(self.order[self.next])
+            self.next += 1
 
     def __call__(self, start: int, stop: int) -> FineChunk:
         i = self.index[start]
         # Two chunks per worker thread: one computing, one waiting (workers may come late).
         self.window = 2 * max(sum(self.client.nthreads().values()), 1)
-        if not self.direction:
-            self.direction = -1 if i == len(self.chunks) - 1 and i > 0 else 1
+        self.misses += i not in self.futures
         self._submit(i)
-        self._top_up(i)
+        self.next = max(self.next, self.position.get(i, -1) + 1)
+        self._top_up()
         result: FineChunk = self.futures.pop(i).result()
         self.done.add(i)
-        self._top_up(i)
+        self._top_up()
         self.progress.update(stop - start)
         return result
 
     def cancel(self) -> None:
         self.client.cancel(list(self.futures.values()))
+
+
+def _request_order(values: Any) -> list[int]:
+    """Chunk indices (along time) of ``values`` in the order Dask will run their tasks."""
+    from dask.order import order
+
+    graph = dict(values.__dask_graph__())
+    priority = order(graph)
+    keys = [key for plane in values.__dask_keys__() for row in plane for key in row]
+    return [key[1] for key in sorted(keys, key=priority.__getitem__)]
 
 
 def _run_in_process(job: Job, plans: Sequence[OutputPlan], outdir: OutputDirectory,

@@ -285,14 +285,27 @@ def _same_file(path: Path, reference: Path) -> None:
 
 def test_local_cluster_writes_the_same_files_as_the_in_process_run(
         local_cluster: Any, reference: Path, checkpoint: Path, coarse_nc: Path,
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from distributed import Client
 
+    feeders: list[Any] = []
+
+    class Recorded(downscale.run._ChunkFeeder):
+        def cancel(self) -> None:
+            feeders.append(self)
+            super().cancel()
+
+    monkeypatch.setattr(downscale.run, "_ChunkFeeder", Recorded)
     common = ("--checkpoint", checkpoint, "--input", coarse_nc, "--scheduler",
               local_cluster.scheduler_address, *CHUNK)
     # One file: the workers compute the chunks, this process writes them.
     _run(*common, "--output", tmp_path / "one.nc")
     _same_file(tmp_path / "one.nc", reference)
+    # The writer asks for the 12 chunks out of time order (Dask breaks ties on the keys);
+    # the feeder knew that order, so only the first chunk was not submitted ahead.
+    (feeder,) = feeders
+    assert feeder.order != sorted(feeder.order) and sorted(feeder.order) == list(range(12))
+    assert feeder.misses == 1
     # Blocks: the workers write their own files.
     _run(*common, "--output-dir", tmp_path / "blocks", "--time-block", "4")
     names = _finals(tmp_path / "blocks")
