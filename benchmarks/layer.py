@@ -147,6 +147,8 @@ def markdown(result: dict[str, Any]) -> str:
               "the output each way, which the plain layer does not do) and about 15 small "
               "operations per call (per-phase softmax, edge strips), a fixed cost that "
               "dominates on small grids. Tried and dropped: a polyphase `einsum` spread "
-              "(as fast at 128x128, slower on small grids) and computing the edge strips "
-              "with separate small convolutions (slower everywhere)."]
+              "(as fast at 128x128, slower on small grids), computing the edge strips with "
+              "separate small convolutions so the kept part comes out contiguous, and one "
+              "cached-index `index_add_` for all the spill (both slightly slower "
+              "everywhere)."]
     return "\n".join(lines) + "\n"
