@@ -22,7 +22,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,12 +54,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    from benchmarks.batch import cdo_version
+
     cdo = shutil.which("cdo")
-    cdo_version = None
-    if cdo is not None:
-        out = subprocess.run([cdo, "--version"], capture_output=True, text=True, check=False)
-        cdo_version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) \
-            else "unknown"
     return {"platform": platform.platform(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -68,7 +64,7 @@ def machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "numpy": numpy.__version__,
             "xarray": xarray.__version__, "dask": dask.__version__,  # type: ignore[attr-defined]
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cdo": cdo_version}
+            "cdo": None if cdo is None else cdo_version(cdo)}
 
 
 def gpu_section(size: str, workdir: Path) -> dict[str, Any]:

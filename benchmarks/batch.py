@@ -40,7 +40,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +49,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 import downscale.run
+from benchmarks import checkout_env
 from benchmarks.identity import identity_model
 from benchmarks.inputs import VARIABLE, write_field
-from benchmarks.timing import median_seconds
+from benchmarks.timing import interleaved, median, median_seconds, wall_seconds
 from downscale.inference import downscale_field, fine_bounds, fine_cell_areas
-from downscale.testing import ProcessUsage, measure_process
+from downscale.testing import ProcessUsage, measure_process, peak_rss
 
-ROOT = Path(__file__).resolve().parents[1]
 FACTOR = 4
 #: LocalCluster workers of the distributed runs (one thread each, as ``downscale run``).
 WORKERS = 2
@@ -93,19 +92,6 @@ SIZES = {"small": Size(24, 48, 4, 1, cdo_workers=(0,)), "medium": Size(90, 180, 
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _wall(step: Callable[[], object]) -> float:
-    """Wall time of one call of ``step`` (s), for runs too long to repeat."""
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
-def _env() -> dict[str, str]:
-    """Subprocess environment in which this checkout's packages win over installed ones."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path}
-
-
 def _usage(usage: ProcessUsage, what: str) -> ProcessUsage:
     if usage.returncode != 0:
         raise RuntimeError(f"{what} failed ({usage.returncode}): {usage.stderr[-2000:]}")
@@ -285,22 +271,6 @@ def compute_alone(checkpoint: Path, data: Input, size: Size, client: Any | None
     return on_workers
 
 
-def interleaved_medians(steps: dict[str, Callable[[], float]], repeats: int
-                        ) -> dict[str, float]:
-    """Median seconds of each step (it returns its own), the steps taking turns.
-
-    One warm-up round, then ``repeats`` rounds: load from the machine's other users falls
-    on all of them alike, so their ratios hold where their absolute times would not.
-    """
-    for step in steps.values():
-        step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            times[name].append(step())
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-
-
 def io_floor_run(checkpoint: Path, data: Input, size: Size, workdir: Path,
                  io_stages: dict[str, float], client: Any | None) -> dict[str, Any]:
     """Time ``downscale run`` with the default and the identity model, and compute alone.
@@ -322,16 +292,18 @@ def io_floor_run(checkpoint: Path, data: Input, size: Size, workdir: Path,
     compute = compute_alone(checkpoint, data, size, client)
 
     def model_run() -> float:
-        return _wall(lambda: downscale.run.main(run_argv(checkpoint, data.path, model_out,
+        return wall_seconds(lambda: downscale.run.main(run_argv(checkpoint, data.path, model_out,
                                                          size.time_chunk, *extra)))
 
     def identity_run() -> float:
         with identity_model(client):  # swapping the model in is not timed
-            return _wall(lambda: downscale.run.main(run_argv(
+            return wall_seconds(lambda: downscale.run.main(run_argv(
                 checkpoint, data.path, identity_out, size.time_chunk, *extra)))
 
-    seconds = interleaved_medians({"compute": functools.partial(_wall, compute),
-                                   "run": model_run, "identity": identity_run}, size.repeats)
+    # The steps take turns, so that load from the machine's other users falls on all alike.
+    times = interleaved({"compute": functools.partial(wall_seconds, compute),
+                         "run": model_run, "identity": identity_run}, size.repeats)
+    seconds = {name: median(t) for name, t in times.items()}
     row = _floor_row(workers, seconds["run"], seconds["identity"],
                      {**io_stages, "compute": seconds["compute"]}, data)
     row["conservation_max_rel"] = max_conservation_error(model_out, data)
@@ -382,7 +354,7 @@ def run_process(checkpoint: Path, data: Path, output: Path, time_chunk: int,
     """``downscale run`` as a subprocess (start-up, and the cluster's for workers, included)."""
     argv = [sys.executable, "-m", "downscale", "run",
             *run_argv(checkpoint, data, output, time_chunk, "--workers", str(workers))]
-    return _usage(measure_process(argv, _env()), "downscale run")
+    return _usage(measure_process(argv, checkout_env()), "downscale run")
 
 
 def cdo_section(checkpoint: Path, data: Input, size: Size, workdir: Path) -> dict[str, Any]:
@@ -401,8 +373,6 @@ def cdo_section(checkpoint: Path, data: Input, size: Size, workdir: Path) -> dic
     if cdo is None:
         return {"status": "not measured: cdo not installed", "rows": rows}
     grid = cdo_grid(workdir / "fine_grid.txt", data)
-    about = subprocess.run([cdo, "--version"], capture_output=True, text=True)
-    version = (about.stdout + about.stderr).strip().splitlines() or ["cdo"]
     for op in CDO_OPERATORS:
         out = workdir / f"cdo_{op}.nc"
         usage = measure_process([cdo, "-s", "-P", str(len(os.sched_getaffinity(0))), "-f",
@@ -410,43 +380,16 @@ def cdo_section(checkpoint: Path, data: Input, size: Size, workdir: Path) -> dic
                                  str(out)])
         rows.append(_process_row(f"cdo {op}", _usage(usage, f"cdo {op}"), data.fine_cells))
         out.unlink(missing_ok=True)
-    return {"status": "measured", "version": version[0], "rows": rows}
+    return {"status": "measured", "version": cdo_version(cdo), "rows": rows}
+
+
+def cdo_version(cdo: str) -> str:
+    """The first line of ``cdo --version`` (CDO prints it on stdout or stderr)."""
+    about = subprocess.run([cdo, "--version"], capture_output=True, text=True, check=False)
+    return ((about.stdout + about.stderr).strip().splitlines() or ["cdo"])[0]
 
 
 # -- section 3: scaling ---------------------------------------------------------------------
-@contextlib.contextmanager
-def peak_rss(pids: Sequence[int], interval: float = 0.05) -> Iterator[dict[int, int]]:
-    """Peak RSS (bytes) of each of ``pids`` while the block runs, sampled every ``interval`` s.
-
-    The dict is filled when the block ends; key ``0`` holds the peak of their sum at one
-    sampling instant.
-    """
-    import threading
-
-    import psutil  # type: ignore[import-untyped]
-
-    procs = [psutil.Process(pid) for pid in pids]
-    peaks: dict[int, int] = dict.fromkeys([0, *pids], 0)
-    stop = threading.Event()
-
-    def sample() -> None:
-        while True:
-            now = [p.memory_info().rss for p in procs]
-            for pid, rss in zip(pids, now, strict=True):
-                peaks[pid] = max(peaks[pid], rss)
-            peaks[0] = max(peaks[0], sum(now))
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peaks
-    finally:
-        stop.set()
-        thread.join()
-
-
 def scaling_section(checkpoint: Path, data: Input, size: Size, workdir: Path, client: Any
                     ) -> dict[str, Any]:
     """``downscale run`` on 1x, 4x and 16x the steps, on the running workers of ``client``.
@@ -460,6 +403,7 @@ def scaling_section(checkpoint: Path, data: Input, size: Size, workdir: Path, cl
     import psutil  # type: ignore[import-untyped]
 
     workers = sorted(client.run(os.getpid).values())
+    processes = [psutil.Process(pid) for pid in (os.getpid(), *workers)]
     rows = []
     for multiple in MULTIPLES:
         steps = size.steps * multiple
@@ -469,8 +413,8 @@ def scaling_section(checkpoint: Path, data: Input, size: Size, workdir: Path, cl
         argv = run_argv(checkpoint, path, out, size.time_chunk, "--scheduler",
                         client.scheduler.address)
         before = psutil.Process().memory_info().rss
-        with peak_rss([os.getpid(), *workers]) as peaks:
-            seconds = _wall(functools.partial(downscale.run.main, argv))
+        with peak_rss(lambda: processes) as peaks:
+            seconds = wall_seconds(functools.partial(downscale.run.main, argv))
         out.unlink()
         if multiple > 1:
             path.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -17,23 +18,35 @@ def median_seconds(step: Callable[[], object], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def interleaved_seconds(steps: dict[str, Callable[[], object]], repeats: int
-                        ) -> dict[str, list[float]]:
-    """Wall times (s) of each step over ``repeats`` rounds, the steps taking turns.
+def wall_seconds(step: Callable[[], object]) -> float:
+    """Wall time of one call of ``step`` (s), for work too long to repeat."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
-    On a shared machine the load drifts over seconds; timing the contenders in turn
-    exposes them to the same drift, so per-round ratios are steadier than ratios of
-    separately taken medians. Each step is called once untimed first.
+
+def interleaved(steps: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each step over ``repeats`` rounds, the steps taking turns.
+
+    Each step times itself and returns its seconds (so that it can leave out its own
+    set-up). On a shared machine the load drifts over seconds; timing the contenders in
+    turn exposes them to the same drift, so per-round ratios are steadier than ratios of
+    separately taken medians. Each step is called once first, as a warm-up.
     """
     for step in steps.values():
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(step())
     return times
+
+
+def interleaved_seconds(steps: dict[str, Callable[[], object]], repeats: int
+                        ) -> dict[str, list[float]]:
+    """:func:`interleaved` for steps timed whole."""
+    return interleaved({name: functools.partial(wall_seconds, step)
+                        for name, step in steps.items()}, repeats)
 
 
 def median(values: list[float]) -> float:

@@ -24,6 +24,7 @@ Standalone: ``python -m benchmarks.training --size small`` prints the markdown s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from benchmarks import checkout_env
 from benchmarks.inputs import VARIABLE, write_field
 from benchmarks.timing import median_seconds
 from downscale.data import DownscalingDataModule
@@ -49,7 +51,6 @@ from downscale.data.samples import Sample
 from downscale.tasks import DownscalingTask
 from downscale.tasks.common import take_training_stats
 
-ROOT = Path(__file__).resolve().parents[1]
 FACTOR = 4
 #: The loader must deliver this many times what one model consumes (issue 7's target).
 TARGET_RATIO = 3.0
@@ -141,10 +142,10 @@ def _raw_read_figures(path: Path, batches: list[Sample], patch: tuple[int, int]
     with netCDF4.Dataset(path) as nc:
         var = nc[VARIABLE]
         var.set_auto_mask(False)
-        cycle = iter(range(10**9))
+        batches_netcdf4 = itertools.cycle(windows)
 
         def read_netcdf4() -> list[np.ndarray[Any, Any]]:
-            return [var[t, y:y + ph, x:x + pw] for t, y, x in windows[next(cycle) % len(windows)]]
+            return [var[t, y:y + ph, x:x + pw] for t, y, x in next(batches_netcdf4)]
 
         # The generated grid is already ascending and -180..180, so the loader's windows are
         # the file's windows: check that the raw read is the same data.
@@ -155,11 +156,10 @@ def _raw_read_figures(path: Path, batches: list[Sample], patch: tuple[int, int]
     figures["netcdf4_samples_per_s"] = len(windows[0]) / median
     with xr.open_dataset(path, engine="netcdf4", chunks={"time": 1}) as ds:
         da = ds[VARIABLE]
-        cycle = iter(range(10**9))
+        batches_xarray = itertools.cycle(windows)
 
         def read_xarray() -> list[np.ndarray[Any, Any]]:
-            return [da[t, y:y + ph, x:x + pw].values
-                    for t, y, x in windows[next(cycle) % len(windows)]]
+            return [da[t, y:y + ph, x:x + pw].values for t, y, x in next(batches_xarray)]
 
         median = median_seconds(read_xarray, len(windows))
     figures["xarray_dask_samples_per_s"] = len(windows[0]) / median
@@ -199,10 +199,10 @@ def _model_figures(dm: DownscalingDataModule, batches: list[Sample], steps: int,
     take_training_stats(task.norm_mean, task.norm_std, dm)
     optimizer = task.configure_optimizers()
     task.train()
-    cycle = iter(range(10**9))
+    turns = itertools.cycle(batches)
 
     def step() -> None:
-        batch = batches[next(cycle) % len(batches)]
+        batch = next(turns)
         optimizer.zero_grad()
         loss = task.training_step(batch, 0)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -322,9 +322,7 @@ def fit_rate(path: Path, devices: int, steps: int, workdir: Path,
                "--trainer.num_sanity_val_steps", "0", "--trainer.enable_checkpointing", "false",
                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                "--trainer.enable_model_summary", "false"]
-    # The package and this module from this checkout, whatever is installed.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = checkout_env()  # the package and this module from this checkout
     env.pop("OMP_NUM_THREADS", None)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -5,9 +5,12 @@ Users call these in their own tests and notebooks; the package's tests use them 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -90,12 +93,53 @@ class ProcessUsage:
     stderr: str
 
 
+@contextlib.contextmanager
+def peak_rss(processes: Callable[[], Sequence[Any]], interval: float = 0.05
+             ) -> Iterator[dict[int, int]]:
+    """Peak resident memory (bytes) of processes while the block runs.
+
+    A thread samples ``processes()`` (``psutil.Process`` objects; asked again each time,
+    so that children started later are counted) every ``interval`` s. Sampling misses
+    peaks shorter than ``interval``; that is fine for the chunk-sized plateaus it is used
+    to compare.
+
+    Yields:
+        A dict filled while the block runs: pid -> peak RSS, and key ``0`` -> the peak of
+        their summed RSS at one sampling instant.
+    """
+    import psutil
+
+    peaks: dict[int, int] = {0: 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            now = 0
+            for process in processes():
+                try:
+                    rss = process.memory_info().rss
+                except psutil.Error:  # it ended between listing and reading
+                    continue
+                peaks[process.pid] = max(peaks.get(process.pid, 0), rss)
+                now += rss
+            peaks[0] = max(peaks[0], now)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        thread.join()
+
+
 def measure_process(argv: Sequence[str], env: Mapping[str, str] | None = None,
                     interval: float = 0.05) -> ProcessUsage:
-    """Run ``argv`` and sample the RSS of it and of every descendant every ``interval`` s.
+    """Run ``argv``; its wall time and the peak RSS of it and of every descendant.
 
-    Sampling misses peaks shorter than ``interval``; that is fine for the chunk-sized
-    plateaus it is used to compare.
+    Memory is sampled every ``interval`` s (:func:`peak_rss`).
     """
     import subprocess
 
@@ -105,25 +149,17 @@ def measure_process(argv: Sequence[str], env: Mapping[str, str] | None = None,
     proc = subprocess.Popen(list(argv), env=None if env is None else dict(env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     main = psutil.Process(proc.pid)
-    peaks: dict[int, int] = {}
-    total = 0
-    while proc.poll() is None:
+
+    def family() -> list[Any]:
         try:
-            family = [main, *main.children(recursive=True)]
-        except psutil.Error:
-            break
-        now = 0
-        for member in family:
-            try:
-                rss = member.memory_info().rss
-            except psutil.Error:
-                continue
-            peaks[member.pid] = max(peaks.get(member.pid, 0), rss)
-            now += rss
-        total = max(total, now)
-        time.sleep(interval)
-    stderr = proc.communicate()[1]
+            return [main, *main.children(recursive=True)]
+        except psutil.Error:  # it has ended
+            return []
+
+    with peak_rss(family, interval) as peaks:
+        stderr = proc.communicate()[1]
     seconds = time.monotonic() - start
+    total = peaks.pop(0)
     own = peaks.pop(proc.pid, 0)
     return ProcessUsage(seconds=seconds, peak_main=own, peak_children=sorted(peaks.values()),
                         peak_total=max(total, own), returncode=proc.returncode, stderr=stderr)
