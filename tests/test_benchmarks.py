@@ -45,3 +45,24 @@ def test_unknown_section_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "unknown section(s) ['nope']" in done.stderr
     assert not (tmp_path / "r.md").exists()
+
+
+def test_before_row_computes_what_the_layer_computes() -> None:
+    """The table's *before* layer is a slower way to the same result, not another layer."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.layer import _before
+    from downscale.nn.conserving import MassConservingConvTranspose2d
+
+    layer = MassConservingConvTranspose2d(3, 4, 8).double()
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    area = torch.rand(1, 1, 24, 20, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(_before(layer, x, area), layer(x, area), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_profile_command_reports_the_copy_share() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.profile_layer", "--size", "16"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+                          check=True)
+    shares = [line for line in done.stdout.splitlines() if "of forward+backward" in line]
+    assert [s.split(":")[0] for s in shares] == ["before", "after"]
