@@ -54,7 +54,8 @@ def compare_layers(sizes: list[int], channels: int = 8, stride: int = 4, batch: 
         channels: Channels (one kernel each).
         stride: Upsampling factor.
         batch: Samples per call.
-        repeats: Timed rounds per figure; the layers take turns in each round.
+        repeats: Timed rounds per figure at the largest size (more on smaller grids, in
+            proportion); the layers take turns in each round.
         device: Torch device.
 
     Returns:
@@ -89,9 +90,11 @@ def compare_layers(sizes: list[int], channels: int = 8, stride: int = 4, batch: 
                     layer().sum().backward()  # type: ignore[no-untyped-call]
                 sync()
 
+            # Small grids take milliseconds, where the machine's noise is largest: give them
+            # more rounds (the same total time as the largest grid, roughly).
             times = interleaved_seconds(
                 {name: functools.partial(call, layer) for name, layer in layers.items()},
-                repeats)
+                repeats * max(1, max(sizes) // n))
             for name in layers:
                 figures[f"{name}_{kind}_s"] = median(times[name])
             figures[f"ratio_{kind}"] = median_ratio(times["conserving"], times["plain"])
@@ -118,8 +121,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['kernel']}, batch {result['batch']}, on {result['device']} "
         f"({result['threads']} torch threads); the input needs its gradient, as inside a "
         "network. *Before* is this layer as it was in 0.1.0 (transposed convolution, then the "
-        "fold through autograd slices); *after* is the current one (fold and area division "
-        "in one pass with a hand-written adjoint). Ratios are medians of per-round ratios, "
+        "fold through autograd slices); *after* is the current one (polyphase grouped "
+        "convolution, then fold and area division in one pass with a hand-written "
+        "adjoint). Ratios are medians of per-round ratios, "
         "the three layers taking turns.", "",
         "| coarse grid | plain fwd (ms) | before fwd (ms) | after fwd (ms) | ratio fwd before "
         "-> after | plain fwd+bwd (ms) | before fwd+bwd (ms) | after fwd+bwd (ms) | ratio "
@@ -137,19 +141,25 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Target (forward+backward within {result['target_forward_backward']}x of "
               f"the plain layer): **{verdict}** (worst ratio {worst:.2f}).", "",
               "Where the time went (`python -m benchmarks.profile_layer`: torch.profiler, "
-              "128x128, one thread): before, 57% of forward+backward "
-              "was `aten::copy_` and `aten::fill_` from autograd's backward of the slices "
-              "and in-place adds that folded the spill-over, and the areas were summed "
-              "after being broadcast to the whole batch. After (1% in those two): the fold "
-              "and the division "
-              "by the areas are one autograd function whose backward is one pass that "
-              "mirrors or wraps the gradient; the convolution itself is torch's. What is "
-              "left over the plain layer: the division by the cell areas (one pass over "
-              "the output each way, which the plain layer does not do) and about 15 small "
-              "operations per call (per-phase softmax, edge strips), a fixed cost that "
-              "dominates on small grids. Tried and dropped: a polyphase `einsum` spread "
-              "(as fast at 128x128, slower on small grids), computing the edge strips with "
-              "separate small convolutions so the kept part comes out contiguous, and one "
-              "cached-index `index_add_` for all the spill (both slightly slower "
-              "everywhere)."]
+              "128x128, one thread). In 0.1.0, 56% of forward+backward was `aten::copy_` "
+              "and `aten::fill_`: autograd's backward of the slices and in-place adds that "
+              "folded the spill-over, and areas summed after being broadcast to the whole "
+              "batch. Two changes followed, each measured before it was kept. (1) The fold "
+              "and the division by the areas became one autograd function whose backward is "
+              "one pass that mirrors or wraps the gradient (the same command's tables then "
+              "gave 1.52 / 1.17 / 1.21 at 32 / 64 / 128). (2) The spread itself: torch's "
+              "depthwise `conv_transpose2d` is slow on CPU, so the layer now computes the "
+              "same sums as one grouped `conv2d` with s^2 outputs per channel (polyphase "
+              "form, `downscale/nn/polyphase.py`; equal to the transposed convolution to "
+              "1e-13 in the tests), and the fold reads that block layout through a strided "
+              "view: assembling the grid, cropping, dividing by the areas and folding take "
+              "one pass each way. The profile after (2): 531 ms for 3 calls against 2318 ms "
+              "before; the largest entries are that one multiply each way (40%) and the "
+              "convolution and its backward (39%). What is still more than the plain "
+              "layer does: the division by the cell areas and the small spill strips. "
+              "Tried and dropped (measured slower): a polyphase `einsum` spread, edge "
+              "strips by separate small convolutions, one cached-index `index_add_` for the "
+              "whole spill, the block-layout multiply split into one call per phase, and a "
+              "channels-last convolution (forward 5-15% faster, forward+backward 2-20% "
+              "slower)."]
     return "\n".join(lines) + "\n"

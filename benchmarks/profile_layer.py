@@ -4,7 +4,8 @@
 it was in 0.1.0 (:func:`benchmarks.layer._before`) and as it is now, the operators that took
 the most time over a few forward+backward calls, and the share of ``aten::copy_`` and
 ``aten::fill_`` (the cost of autograd's backward of slices and in-place adds that the
-rewrite removed). The figure quoted in RESULTS.md comes from this command.
+rewrite removed), with the self CPU time per call. The figures quoted in RESULTS.md come
+from this command.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from benchmarks.layer import _before
 from downscale.nn.conserving import MassConservingConvTranspose2d
 
 
-def copy_fill_share(step: Callable[[], None], calls: int = 3) -> tuple[float, str]:
-    """Share of self CPU time in ``copy_`` and ``fill_`` over ``calls`` calls, and the table."""
+def copy_fill_share(step: Callable[[], None], calls: int = 3) -> tuple[float, float, str]:
+    """Share of self CPU time in ``copy_`` and ``fill_`` over ``calls`` calls, the self CPU
+    time per call (ms), and the table."""
     step()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
@@ -29,7 +31,8 @@ def copy_fill_share(step: Callable[[], None], calls: int = 3) -> tuple[float, st
     total = sum(e.self_cpu_time_total for e in events)
     copies = sum(e.self_cpu_time_total for e in events
                  if e.key in ("aten::copy_", "aten::fill_"))
-    return copies / total, events.table(sort_by="self_cpu_time_total", row_limit=8)
+    return (copies / total, total / calls / 1e3,
+            events.table(sort_by="self_cpu_time_total", row_limit=8))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         layer(x, area).sum().backward()  # type: ignore[no-untyped-call]
 
     for name, step in (("before", before), ("after", after)):
-        share, table = copy_fill_share(step)
-        print(f"{name}: aten::copy_ + aten::fill_ = {share:.0%} of forward+backward\n{table}")
+        share, per_call_ms, table = copy_fill_share(step)
+        print(f"{name}: {per_call_ms:.0f} ms self CPU per forward+backward; aten::copy_ + "
+              f"aten::fill_ = {share:.0%} of forward+backward\n{table}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from downscale.grid import cell_areas_latlon
 from downscale.nn import LocalConservation, MassConservingConvTranspose2d
+from downscale.nn.polyphase import spread
 
 F32_TOL, F64_TOL = 1e-5, 1e-10
 DTYPES = {torch.float32: F32_TOL, torch.float64: F64_TOL}
@@ -381,6 +382,21 @@ def test_matches_bruteforce_operator(s: int, k: int, h: int, w: int, periodic: b
         ref = (mat @ coarse_mass).reshape(h * s, w * s) / area.numpy()
         got = layer(x, area, periodic)[0, 0].detach().numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize(("s", "k"), [(1, 1), (1, 3), *KERNEL_CASES])
+def test_polyphase_spread_is_the_transposed_convolution(s: int, k: int) -> None:
+    """The grouped-correlation spread in block layout, shuffled back to a grid, equals
+    torch's depthwise transposed convolution cell for cell, on a non-square grid; the
+    extra cells it carries when ``s`` does not divide ``k`` are zero."""
+    g = _gen(100 * s + k)
+    mass = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    kern = torch.rand(3, 1, k, k, generator=g, dtype=torch.float64)
+    reference = F.conv_transpose2d(mass, kern, stride=s, groups=3)
+    grid = F.pixel_shuffle(spread(mass, kern, s), s)
+    rows, cols = reference.shape[-2:]
+    torch.testing.assert_close(grid[..., :rows, :cols], reference, rtol=0, atol=1e-13)
+    assert (grid[..., rows:, :] == 0).all() and (grid[..., :, cols:] == 0).all()
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from downscale.nn.polyphase import fold_spill, spread
 
 ConstraintMode = Literal["additive", "multiplicative", "softmax", "none"]
 
@@ -89,7 +90,11 @@ class MassConservingConvTranspose2d(nn.Module):
     Shapes:
         ``forward(x, fine_area)``: ``x`` is ``(B, C, h, w)`` intensive values (NaN is read
         as zero mass), ``fine_area`` broadcasts to ``(B, C, h*s, w*s)``; returns
-        ``(B, C, h*s, w*s)`` intensive values. ``fine_area=None`` means equal areas.
+        ``(B, C, h*s, w*s)`` intensive values (a strided view into the uncropped grid, not
+        contiguous). ``fine_area=None`` means equal areas.
+
+    The spread runs as a grouped convolution in polyphase form
+    (:mod:`downscale.nn.polyphase`), which is faster than torch's transposed convolution.
 
     """
 
@@ -161,9 +166,8 @@ class MassConservingConvTranspose2d(nn.Module):
             # them B*C times.
             fine_area = fine_area.expand(*fine_area.shape[:-2], *fine)
             mass = x * block_sum(fine_area, s)
-        full = F.conv_transpose2d(mass, self.kernel().to(x.dtype), stride=s,
-                                  groups=self.channels)
-        return fold_spill(full, p, fine, periodic, fine_area)
+        blocks = spread(mass, self.kernel().to(x.dtype), s)
+        return fold_spill(blocks, s, p, fine, periodic, fine_area)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, stride={self.stride}, kernel_size={self.kernel_size}"
@@ -177,136 +181,6 @@ def _tent_logits(k: int, s: int, p: int) -> Tensor:
     distance = (torch.arange(k, dtype=torch.float64) - p - (s - 1) / 2).abs()
     tent = (1.0 - distance / s).clamp_min(1e-4)
     return (tent[:, None] * tent[None, :]).log().float()
-
-
-def fold_spill(full: Tensor, p: int, fine: tuple[int, int], periodic: bool,
-               fine_area: Tensor | None = None) -> Tensor:
-    """Crop ``full`` to the fine grid, fold the spill-over back inside, divide by the areas.
-
-    Rows ``[p, p + H)`` and columns ``[p, p + W)`` are kept. What lies outside is added back
-    mirrored at the edge (fine index ``-1 - j`` lands on ``j``, ``H + j`` on ``H - 1 - j``),
-    or, along a periodic last axis, wrapped (``-j`` on ``W - j``, ``W + j`` on ``j``). The
-    fold keeps the total exactly. Rows are folded first, so corners go to corners.
-
-    Args:
-        full: ``(..., H + k - s, W + k - s)`` masses: the uncropped transposed convolution.
-        p: Spill-over cells at the low edge of each axis.
-        fine: ``(H, W)``.
-        periodic: Whether the last axis wraps.
-        fine_area: Areas broadcastable to ``(..., H, W)`` (never differentiated), or None
-            to return the folded masses themselves.
-
-    Returns:
-        ``(..., H, W)``: folded masses, divided by ``fine_area`` if given.
-    """
-    height, width = fine
-    r_rows, r_cols = full.shape[-2] - p - height, full.shape[-1] - p - width
-    if max(p, r_rows) > height or max(p, r_cols) > width:
-        raise ValueError(f"kernel spill-over ({p}, {max(r_rows, r_cols)}) exceeds the grid "
-                         f"{height} x {width}")
-    if fine_area is not None and fine_area.requires_grad:
-        raise ValueError("fold_spill does not differentiate the cell areas")
-    folded: Tensor = _FoldSpill.apply(  # type: ignore[no-untyped-call]
-        full, p, fine, periodic, fine_area)
-    return folded
-
-
-def _fold_rows(band: Tensor, p: int, height: int) -> Tensor:
-    """Rows ``[p, p + height)`` of ``band`` with the rows outside mirrored back in (a copy)."""
-    r = band.shape[-2] - p - height
-    rows = band[..., p : p + height, :].clone()
-    if p:
-        rows[..., :p, :] += band[..., :p, :].flip(-2)
-    if r:
-        rows[..., height - r :, :] += band[..., p + height :, :].flip(-2)
-    return rows
-
-
-def _fold_forward(full: Tensor, p: int, fine: tuple[int, int], periodic: bool,
-                  scale: Tensor | None) -> Tensor:
-    """:func:`fold_spill` without autograd: ``scale`` is ``1 / area`` (full fine shape) or None.
-
-    The interior is read once (times ``scale``); only the strips the spill lands on are
-    touched again.
-    """
-    height, width = fine
-    r_rows, r_cols = full.shape[-2] - p - height, full.shape[-1] - p - width
-    interior = full[..., p : p + height, p : p + width]
-    out = interior.clone() if scale is None else interior * scale
-
-    def add(rows: slice, cols: slice, mass: Tensor) -> None:
-        out[..., rows, cols] += mass if scale is None else mass * scale[..., rows, cols]
-
-    every = slice(None)
-    if p:  # top and bottom spill of the kept columns
-        add(slice(0, p), every, full[..., :p, p : p + width].flip(-2))
-    if r_rows:
-        add(slice(height - r_rows, height), every, full[..., p + height :, p : p + width].flip(-2))
-    # Left and right spill, rows folded first so that the corners land in the corners.
-    left = _fold_rows(full[..., :p], p, height) if p else None
-    right = _fold_rows(full[..., p + width :], p, height) if r_cols else None
-    if periodic:
-        if left is not None:
-            add(every, slice(width - p, width), left)
-        if right is not None:
-            add(every, slice(0, r_cols), right)
-    else:
-        if left is not None:
-            add(every, slice(0, p), left.flip(-1))
-        if right is not None:
-            add(every, slice(width - r_cols, width), right.flip(-1))
-    return out
-
-
-class _FoldSpill(torch.autograd.Function):
-    """:func:`fold_spill` with a hand-written adjoint: one pass over the fine grid each way.
-
-    Autograd through slices and in-place adds would allocate and fill a zero tensor of the
-    full shape for every slice in the backward pass; that cost more than the convolution.
-    """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, full: Tensor, p: int,
-                fine: tuple[int, int], periodic: bool, fine_area: Tensor | None) -> Tensor:
-        scale = None
-        if fine_area is not None:
-            scale = fine_area.expand(*fine_area.shape[:-2], *fine).reciprocal()
-        ctx.save_for_backward(*([] if scale is None else [scale]))
-        ctx.geometry = (p, tuple(full.shape), periodic)  # type: ignore[attr-defined]
-        return _fold_forward(full, p, fine, periodic, scale)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: Tensor
-                 ) -> tuple[Tensor, None, None, None, None]:
-        saved = ctx.saved_tensors  # type: ignore[attr-defined]
-        scale = saved[0] if saved else None
-        p, shape, periodic = ctx.geometry  # type: ignore[attr-defined]
-        height, width = grads[0].shape[-2:]
-        r_rows, r_cols = shape[-2] - p - height, shape[-1] - p - width
-        # The adjoint of a fold copies each kept cell's gradient to the cells folded onto it.
-        lead = (*grads[0].shape[:-2], 1, 1)
-        out = grads[0].new_empty(torch.broadcast_shapes(shape, lead))  # type: ignore[no-untyped-call]
-        grad = out[..., p : p + height, p : p + width]
-        if scale is None:
-            grad.copy_(grads[0])
-        else:
-            torch.mul(grads[0], scale, out=grad)
-        mid = out[..., p : p + height, :]
-        if periodic:
-            if p:
-                mid[..., :p] = grad[..., width - p :]
-            if r_cols:
-                mid[..., p + width :] = grad[..., :r_cols]
-        else:
-            if p:
-                mid[..., :p] = grad[..., :p].flip(-1)
-            if r_cols:
-                mid[..., p + width :] = grad[..., width - r_cols :].flip(-1)
-        if p:
-            out[..., :p, :] = out[..., p : 2 * p, :].flip(-2)
-        if r_rows:
-            out[..., p + height :, :] = out[..., p + height - r_rows : p + height, :].flip(-2)
-        return out.sum_to_size(shape), None, None, None, None
 
 
 class LocalConservation(nn.Module):
