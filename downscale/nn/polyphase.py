@@ -126,7 +126,7 @@ class _FoldSpill(torch.autograd.Function):
             inverse = fine_area.expand(*fine_area.shape[:-2], *fine).reciprocal()
             rows = _destination(stride * hb, p, height, False, blocks.device)
             cols = _destination(stride * wb, p, width, periodic, blocks.device)
-            scale = inverse[..., rows, :][..., cols]
+            scale = inverse.index_select(-2, rows).index_select(-1, cols)
         grid = blocks.new_empty(blocks.shape[0], blocks.shape[1] // stride**2,
                                 stride * hb, stride * wb)
         source = _block_view(blocks, stride)
