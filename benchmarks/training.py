@@ -47,7 +47,7 @@ from benchmarks import checkout_env
 from benchmarks.inputs import VARIABLE, write_field
 from benchmarks.timing import median_seconds
 from downscale.data import DownscalingDataModule
-from downscale.data.samples import Sample
+from downscale.data.samples import PATCHES_PER_STEP, Sample
 from downscale.tasks import DownscalingTask
 from downscale.tasks.common import take_training_stats
 
@@ -222,6 +222,14 @@ def _model_figures(dm: DownscalingDataModule, batches: list[Sample], steps: int,
             "threads": threads, "parameters": sum(p.numel() for p in task.parameters())}
 
 
+def _datamodule(path: Path, size: TrainingSize, **settings: Any) -> DownscalingDataModule:
+    """The DataModule with default ``settings`` except for enough patches per epoch for
+    ``size.loader_batches`` batches (the default epoch, 512 patches, is 32 batches)."""
+    dm = DownscalingDataModule(str(path), VARIABLE, FACTOR, **settings)
+    dm.samples_per_epoch = max(dm.samples_per_epoch, size.loader_batches * dm.batch_size)
+    return dm
+
+
 def measure_loading(path: Path, size: TrainingSize) -> dict[str, Any]:
     """Loader, raw-read and model rates on the same file and the same batches (samples/s).
 
@@ -233,17 +241,19 @@ def measure_loading(path: Path, size: TrainingSize) -> dict[str, Any]:
         ``model`` (the faster of ``model_by_threads``), ``shapes`` of one batch,
         ``source_read_share`` (uncached), ``estimate_floor_read`` and the ratios.
     """
-    uncached = DownscalingDataModule(str(path), VARIABLE, FACTOR, cache_mb=0)
+    uncached = _datamodule(path, size, cache_mb=0)
     uncached.setup("fit")
     before, _ = _loader_figures(iter(uncached.train_dataloader()), size.loader_batches)
-    dm = DownscalingDataModule(str(path), VARIABLE, FACTOR)
+    dm = _datamodule(path, size)
     start = time.perf_counter()
     dm.setup("fit")
     setup_s = time.perf_counter() - start
     loader, batches = _loader_figures(iter(dm.train_dataloader()), size.loader_batches)
     reads = dm.source.cache_hits + dm.source.cache_misses
     loader.update(setup_s=setup_s, cache_mb=dm.source.cache_mb,
-                  cache_hit_rate=dm.source.cache_hits / reads if reads else 0.0)
+                  cache_hit_rate=dm.source.cache_hits / reads if reads else 0.0,
+                  window_steps=dm.train_dataloader().dataset.window,  # type: ignore[attr-defined]
+                  train_steps=len(dm.splits["train"]))
     result: dict[str, Any] = {
         "settings": {"batch_size": dm.batch_size, "patch": list(dm.patch_shape),
                      "num_workers": dm.num_workers, "samples_per_epoch": dm.samples_per_epoch,
@@ -262,7 +272,7 @@ def measure_loading(path: Path, size: TrainingSize) -> dict[str, Any]:
     result["model_by_threads"] = models
     result["model"] = max(models, key=lambda m: float(m["samples_per_s"]))
     if size.workers:
-        workers = DownscalingDataModule(str(path), VARIABLE, FACTOR, num_workers=size.workers)
+        workers = _datamodule(path, size, num_workers=size.workers)
         workers.setup("fit")
         result["loader_workers"], _ = _loader_figures(iter(workers.train_dataloader()),
                                                       size.loader_batches)
@@ -423,7 +433,8 @@ def _loading_markdown(result: dict[str, Any]) -> str:
         "| what | samples/s | / fastest model step |",
         "|---|---:|---:|",
         f"| DataModule train loader (step cache {loader['cache_mb']:.0f} MiB, hit rate "
-        f"{loader['cache_hit_rate']:.0%}) | {loader['samples_per_s']:.0f} | "
+        f"{loader['cache_hit_rate']:.0%}, patches from {_window_text(loader)}) | "
+        f"{loader['samples_per_s']:.0f} | "
         f"**{ratios['loader_over_model']:.2f}x** |",
         f"| same, `cache_mb=0` (every sample through xarray + Dask; before the cache) | "
         f"{load['loader_uncached']['samples_per_s']:.0f} | "
@@ -459,10 +470,18 @@ def _loading_markdown(result: dict[str, Any]) -> str:
         f"- GPU: not measured (no GPU here). To keep a GPU fed, the loader must deliver the "
         f"GPU's training-step rate: k x {rate:.0f} samples/s for a GPU k times this CPU. "
         f"The default loader delivers {loader['samples_per_s']:.0f} samples/s, so it keeps "
-        f"up only while k <= {ratios['loader_over_model']:.1f} (per loader process; the "
-        f"hit rate falls when the training steps outgrow the cache).",
+        f"up only while k <= {ratios['loader_over_model']:.1f} (per loader process).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _window_text(loader: dict[str, Any]) -> str:
+    """Which time steps the loader's patches came from (see ``RandomPatchDataset``)."""
+    window, steps = loader.get("window_steps"), loader.get("train_steps")
+    if window is None or window == steps:
+        return f"all {steps} training steps"
+    return (f"a moving window of {window} of the {steps} training steps the cache can hold, "
+            f"{PATCHES_PER_STEP} patches each")
 
 
 def _ddp_markdown(ddp: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import torch
 from downscale.aggregate import coarsen_field, crop_to_factor
 from downscale.data import DownscalingDataModule
 from downscale.data.datamodule import split_times
+from downscale.data.samples import PATCHES_PER_STEP, RandomPatchDataset
 from downscale.errors import InputError
 from downscale.io import open_field, write_netcdf
 from downscale.manifest import resolve
@@ -122,6 +123,39 @@ def test_step_cache_reads_the_same_values_as_the_files() -> None:
     # 48 random patches from 168 training steps: some steps drawn twice come from memory.
     assert cached.source.cache_misses == len(cached.source._steps) > 0
     assert cached.source.cache_hits + cached.source.cache_misses == 48
+
+
+def test_patches_follow_a_window_of_steps_when_the_cache_cannot_hold_the_split() -> None:
+    """168 training steps, a cache of 5: patches come from a moving window of 5 steps, each
+    step equally often over the epoch's order, and the cache serves 15 of every 16 reads."""
+    dm = DownscalingDataModule(E1, "air_temperature", 4, patch_size=16, samples_per_epoch=400)
+    dm.setup()
+    _, h, w = dm.source.shape
+    dm.source.cache_mb = 5.5 * 4 * h * w / 2**20
+    dataset = dm.train_dataloader().dataset
+    assert isinstance(dataset, RandomPatchDataset) and dataset.window == 5
+    times = dm.splits["train"]
+    rng = np.random.default_rng(0)
+    block = 5 * PATCHES_PER_STEP
+    drawn = [dataset.time_of(i, rng) for i in range(len(times) * block)]
+    assert set(drawn) == set(times)  # and, over the whole order, equally often:
+    assert set(np.unique(drawn, return_counts=True)[1]) == {block}
+    assert len(set(drawn[:block])) == 5 and len(set(drawn[:16])) == 5  # a batch mixes 5
+    # The same index gives the same step whatever was asked before (workers, ranks).
+    assert [dataset.time_of(i, rng) for i in range(999, -1, -1)] == drawn[999::-1]
+    batches = list(dm.train_dataloader())
+    assert sum(len(b["time"]) for b in batches) == 400
+    reads = dm.source.cache_hits + dm.source.cache_misses
+    assert reads == 400 and dm.source.cache_hits / reads >= 1 - 1 / PATCHES_PER_STEP
+    for batch in batches[:3]:  # the patches are the file's values at their steps
+        for k in range(2):
+            t, y0, x0 = (int(batch[key][k]) for key in ("time", "y0", "x0"))
+            want = dm.source._read_block(t, slice(y0, y0 + 16), slice(x0, x0 + 16))
+            valid = batch["fine_valid"][k, 0].numpy()
+            np.testing.assert_array_equal(batch["fine"][k, 0].numpy()[valid], want[valid])
+    # A cache that holds the whole split keeps uniform draws.
+    dm.source.cache_mb = 200 * 4 * h * w / 2**20
+    assert dm.train_dataloader().dataset.window == len(times)  # type: ignore[attr-defined]
 
 
 def test_step_cache_is_bounded_and_hands_out_copies() -> None:

@@ -71,7 +71,9 @@ class DownscalingDataModule(L.LightningDataModule):
             variable (``standard_name: surface_altitude``, or its only gridded one).
         cache_mb: Memory (MiB) for whole time steps that each process (and DataLoader
             worker) keeps after reading them, so later patches of a step skip the read;
-            0 reads every sample from the files.
+            0 reads every sample from the files. When the training steps do not all fit,
+            training patches come from a moving window of the steps that do
+            (:class:`~downscale.data.samples.RandomPatchDataset`).
 
     """
 

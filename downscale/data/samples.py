@@ -84,8 +84,22 @@ def read_sample(source: FieldSource, coarse_source: FieldSource | None, valid: N
     return sample
 
 
+#: Patches drawn from each time step of a window before the window moves on (see
+#: :class:`RandomPatchDataset`): one whole-step read then serves this many samples.
+PATCHES_PER_STEP = 16
+
+
 class RandomPatchDataset(Dataset[Sample]):
     """Random patches from random time steps of the training split.
+
+    When the source's step cache holds every training step, each sample's time step is
+    drawn uniformly. When it does not (a long, fine record), uniform draws would miss the
+    cache on almost every sample and read a whole step for one patch. Time steps are then
+    drawn from a *window* of as many steps as the cache holds: consecutive samples cycle
+    through the window's steps, so a batch still mixes many steps, and after
+    :data:`PATCHES_PER_STEP` patches of each the window moves on along a shuffled order of
+    all training steps (a new order each epoch). Every step is drawn equally often over
+    the order, and the cache hit rate is about ``1 - 1/PATCHES_PER_STEP`` per process.
 
     Args:
         source: The fine field.
@@ -108,6 +122,7 @@ class RandomPatchDataset(Dataset[Sample]):
         self.coarse_source, self.covariate = coarse_source, covariate
         self.valid, self.length, self.seed = valid, length, seed
         self.epoch = 0
+        self._order: tuple[int, NDArray[np.int64]] | None = None  # (epoch, order of times)
 
     def __len__(self) -> int:
         return self.length
@@ -117,11 +132,29 @@ class RandomPatchDataset(Dataset[Sample]):
         f = self.source.factor
         _, h, w = self.source.shape
         ph, pw = self.patch_size
-        t = int(self.times[rng.integers(len(self.times))])
+        t = self.time_of(index, rng)
         y0 = int(rng.integers(0, (h - ph) // f + 1)) * f
         x0 = int(rng.integers(0, (w - pw) // f + 1)) * f
         return read_sample(self.source, self.coarse_source, self.valid, t, y0, x0,
                            self.patch_size, self.covariate)
+
+    @property
+    def window(self) -> int:
+        """Time steps drawn from at once: all, unless the step cache holds fewer."""
+        held = self.source.cache_steps
+        return len(self.times) if held == 0 or held >= len(self.times) else held
+
+    def time_of(self, index: int, rng: np.random.Generator) -> int:
+        """The time step of sample ``index`` (see the class docstring)."""
+        n, window = len(self.times), self.window
+        if window == n:
+            return int(self.times[rng.integers(n)])
+        if self._order is None or self._order[0] != self.epoch:
+            # Seeded by (seed, epoch) only, so every worker and rank gets the same order.
+            self._order = (self.epoch, np.random.default_rng((self.seed, self.epoch))
+                           .permutation(n))
+        block = index // (window * PATCHES_PER_STEP)
+        return int(self.times[self._order[1][(block * window + index % window) % n]])
 
 
 class TileDataset(Dataset[Sample]):

@@ -134,8 +134,13 @@ class FieldSource:
 
     @property
     def _step_fits_cache(self) -> bool:
+        return self.cache_steps > 0
+
+    @property
+    def cache_steps(self) -> int:
+        """Whole time steps the step cache holds at once (0: off, or a step is too big)."""
         _, h, w = self.shape
-        return 4 * h * w <= self.cache_mb * 2**20
+        return int(self.cache_mb * 2**20 // (4 * h * w))
 
     def _cached_step(self, t: int) -> NDArray[np.float32]:
         """The whole time step ``t``, ``(H, W)`` float32, through the LRU cache."""
