@@ -128,13 +128,9 @@ class FieldSource:
         (``python -m benchmarks.training``), about the same for a window as for the step.
         The result is a copy, never a view of the cache.
         """
-        if isinstance(t, int | np.integer) and self._step_fits_cache:
+        if isinstance(t, int | np.integer) and self.cache_steps:
             return self._cached_step(int(t))[ys, xs].copy()
         return self._read_block(t, ys, xs)
-
-    @property
-    def _step_fits_cache(self) -> bool:
-        return self.cache_steps > 0
 
     @property
     def cache_steps(self) -> int:
