@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+import downscale.checkpoint
 import downscale.run
 from benchmarks import checkout_env
 from benchmarks.identity import identity_model
@@ -203,7 +204,7 @@ def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
     """
     from downscale.data.source import FieldSource
 
-    info = downscale.run.read_checkpoint(checkpoint)
+    info = downscale.checkpoint.read_checkpoint(checkpoint)
     chunks = _chunks(len(data.values), size.time_chunk)
 
     def read() -> None:
@@ -230,19 +231,19 @@ def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
 
 
 def _warm_workers(client: Any, checkpoint: Path) -> None:
-    info = downscale.run.read_checkpoint(checkpoint)
+    info = downscale.checkpoint.read_checkpoint(checkpoint)
     client.run(_load_quietly, info.path, info.sha256, info.task)
 
 
 def _load_quietly(path: str, sha256: str, task: str) -> None:
     """Load (and cache) the model in a worker, returning nothing to the client."""
-    downscale.run.load_model(path, sha256, "cpu", task)
+    downscale.checkpoint.load_model(path, sha256, "cpu", task)
 
 
-def _downscale_in_memory(info: downscale.run.CheckpointInfo, values: NDArray[np.float32],
+def _downscale_in_memory(info: downscale.checkpoint.CheckpointInfo, values: NDArray[np.float32],
                          y_bnds: NDArray[np.float64], x_bnds: NDArray[np.float64]) -> None:
     """One chunk through the (cached) model, nothing read or written (a worker's task)."""
-    model = downscale.run.load_model(info.path, info.sha256, "cpu", info.task)
+    model = downscale.checkpoint.load_model(info.path, info.sha256, "cpu", info.task)
     downscale_field(model, values, y_bnds, x_bnds, FACTOR)
 
 
@@ -253,10 +254,10 @@ def compute_alone(checkpoint: Path, data: Input, size: Size, client: Any | None
     The compute floor of a run in the same processes: 2 single-threaded workers are not
     one process with 2 torch threads (they scale better on small fields).
     """
-    info = downscale.run.read_checkpoint(checkpoint)
+    info = downscale.checkpoint.read_checkpoint(checkpoint)
     chunks = _chunks(len(data.values), size.time_chunk)
     if client is None:
-        model = downscale.run.load_model(info.path, info.sha256, "cpu", info.task)
+        model = downscale.checkpoint.load_model(info.path, info.sha256, "cpu", info.task)
 
         def in_process() -> None:
             for a, b in chunks:

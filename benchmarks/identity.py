@@ -3,7 +3,7 @@
 :class:`IdentityModel` block-repeats each coarse value into its ``factor x factor`` fine
 cells (nearest upsampling), which conserves mass trivially and costs next to nothing, so a
 run with it times reading, checking, encoding and writing alone. :func:`identity_model`
-swaps it in for :func:`downscale.run.load_model` in this process and, through
+swaps it in for :func:`downscale.checkpoint.load_model` in this process and, through
 ``client.run``, in every Dask worker; the rest of the run (chunks, tiles, encoding, the
 atomic write) is the product's own code path, unchanged.
 """
@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import downscale.checkpoint
 import downscale.run
 from downscale.nn.conserving import block_repeat
 
-#: ``downscale.run.load_model`` as it was before :func:`install` replaced it.
+#: ``downscale.checkpoint.load_model`` as it was before :func:`install` replaced it.
 _ORIGINAL: dict[str, Callable[..., Any]] = {}
 
 
@@ -51,23 +52,23 @@ class IdentityModel(nn.Module):
 @functools.lru_cache(maxsize=4)
 def _identity_loader(checkpoint: str, sha256: str, device: str = "cpu",
                      task: str = "DownscalingTask") -> IdentityModel:
-    """Stands in for :func:`downscale.run.load_model`: the checkpoint's factor, no weights.
+    """Stands in for :func:`downscale.checkpoint.load_model`: the checkpoint's factor, no weights.
 
     Cached like the real one, so that a chunk does not hash the checkpoint again.
     """
-    return IdentityModel(downscale.run.read_checkpoint(checkpoint).factor).eval()
+    return IdentityModel(downscale.checkpoint.read_checkpoint(checkpoint).factor).eval()
 
 
 def install() -> None:
     """Make ``downscale.run`` load the identity model in this process (idempotent)."""
-    _ORIGINAL.setdefault("load_model", downscale.run.load_model)
-    downscale.run.load_model = _identity_loader  # type: ignore[assignment]
+    _ORIGINAL.setdefault("load_model", downscale.checkpoint.load_model)
+    downscale.checkpoint.load_model = _identity_loader  # type: ignore[assignment]
 
 
 def uninstall() -> None:
-    """Restore the real :func:`downscale.run.load_model` in this process."""
+    """Restore the real :func:`downscale.checkpoint.load_model` in this process."""
     if "load_model" in _ORIGINAL:
-        downscale.run.load_model = _ORIGINAL.pop("load_model")  # type: ignore[assignment]
+        downscale.checkpoint.load_model = _ORIGINAL.pop("load_model")  # type: ignore[assignment]
 
 
 @contextlib.contextmanager

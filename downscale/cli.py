@@ -31,7 +31,7 @@ class DownscaleCLI(LightningCLI):
         long traceback for a missing, corrupt or unsafe file; the same weights-only load
         here turns that into a :class:`~downscale.errors.CheckpointError` (one line).
         """
-        from downscale.run import load_checkpoint_dict
+        from downscale.checkpoint import load_checkpoint_dict
 
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")

@@ -24,6 +24,7 @@ import torch
 import xarray as xr
 from conftest import N_TIME, VARIABLE, fit_tiny
 
+import downscale.checkpoint
 import downscale.run
 from downscale import __version__
 from downscale.errors import CheckpointError, InputError
@@ -265,8 +266,8 @@ def local_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """
     from distributed import LocalCluster
 
-    monkeypatch.setattr(downscale.run, "_MODELS", {})
-    monkeypatch.setattr(downscale.run, "MODEL_LOADS", 0)
+    monkeypatch.setattr(downscale.checkpoint, "_MODELS", {})
+    monkeypatch.setattr(downscale.checkpoint, "MODEL_LOADS", 0)
     with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                dashboard_address=":0", silence_logs=logging.ERROR)
@@ -313,7 +314,7 @@ def test_local_cluster_writes_the_same_files_as_the_in_process_run(
     joined = np.concatenate([_values(tmp_path / "blocks" / n) for n in names])
     np.testing.assert_array_equal(joined, _values(reference))
     with Client(local_cluster) as client:
-        loads = client.run(lambda: downscale.run.MODEL_LOADS)
+        loads = client.run(lambda: downscale.checkpoint.MODEL_LOADS)
     assert len(loads) == 2 and all(n <= 1 for n in loads.values()), loads
     assert sum(loads.values()) >= 1
 

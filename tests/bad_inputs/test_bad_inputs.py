@@ -127,8 +127,8 @@ def test_longitude_0_360_across_greenwich_is_unwrapped(ctx: Context) -> None:
 
 
 def test_malicious_checkpoint_payload_never_runs(ctx: Context) -> None:
+    from downscale.checkpoint import read_checkpoint
     from downscale.errors import CheckpointError
-    from downscale.run import read_checkpoint
 
     path, marker = malicious_checkpoint(ctx.tmp)
     with pytest.raises(CheckpointError, match="not unpickled for safety"):
