@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from downscale.errors import CheckpointError
 
@@ -105,6 +105,34 @@ def load_checkpoint_dict(path: str | os.PathLike[str]) -> Any:
                               "file saved by 'downscale fit'.") from exc
 
 
+def checkpoint_task(raw: Any, where: str | os.PathLike[str]) -> str:
+    """The task a checkpoint holds (a key of :data:`TASKS`), after checking it is one.
+
+    Raises:
+        CheckpointError: It does not record what it was trained for, or holds a class
+            that is not on the whitelist.
+    """
+    trained = raw.get("downscale_data") if isinstance(raw, dict) else None
+    hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
+    if not isinstance(trained, dict) or not trained.get("variable") or not isinstance(
+            hparams, dict) or "factor" not in hparams:
+        raise CheckpointError(f"{where}: not a downscaling checkpoint (it does not record the "
+                              "variable and factor it was trained for). Give a .ckpt file "
+                              "saved by 'downscale fit' with a DownscalingTask.")
+    task = _task_name(hparams, plain_state_dict(raw))
+    if task is None:
+        raise CheckpointError(f"{where}: holds a {hparams.get('_class_path')}, which "
+                              f"'downscale run' does not run. Give a checkpoint of "
+                              f"{' or '.join(TASKS)}.")
+    return task
+
+
+def plain_state_dict(raw: Any) -> dict[str, Any]:
+    """The checkpoint's weights, keyed as the plain model's (the tasks' keys are the same)."""
+    state = raw.get("state_dict") if isinstance(raw, dict) else None
+    return dict(state) if isinstance(state, dict) else {}
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     """Read a ``DownscalingTask`` checkpoint's metadata (tensors only, ``weights_only``).
 
@@ -114,19 +142,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     """
     where = Path(path)
     raw = load_checkpoint_dict(where)
-    trained = raw.get("downscale_data") if isinstance(raw, dict) else None
-    hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
-    if not isinstance(trained, dict) or not trained.get("variable") or not isinstance(
-            hparams, dict) or "factor" not in hparams:
-        raise CheckpointError(f"{where}: not a downscaling checkpoint (it does not record the "
-                              "variable and factor it was trained for). Give a .ckpt file "
-                              "saved by 'downscale fit' with a DownscalingTask.")
-    state = raw.get("state_dict", {})
-    task = _task_name(hparams, state)
-    if task is None:
-        raise CheckpointError(f"{where}: holds a {hparams.get('_class_path')}, which "
-                              f"'downscale run' does not run. Give a checkpoint of "
-                              f"{' or '.join(TASKS)}.")
+    task = checkpoint_task(raw, where)
+    trained, hparams = raw["downscale_data"], raw["hyper_parameters"]
+    state = plain_state_dict(raw)
     norm = {k: float(state[f"norm_{k}"].flatten()[0]) for k in ("mean", "std")
             if f"norm_{k}" in state}
     config = {"hyper_parameters": {k: v for k, v in hparams.items() if not k.startswith("_")},
@@ -136,6 +154,62 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
                           json.loads(json.dumps(config, default=str)), task)
 
 
+#: ``units=`` of :func:`check_trained_for` left out: the data's units are not known.
+NOT_GIVEN: Final = object()
+
+
+def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | None = None,
+                      variable: str | None = None, units: object = NOT_GIVEN,
+                      data: str = "the data", covariate_channels: int | None = None,
+                      terrain: bool = False) -> None:
+    """Refuse a checkpoint trained for another factor, variable, units or covariates.
+
+    The one place for these checks: :func:`load_model`, the tasks' ``on_load_checkpoint``
+    (``predict``, ``--ckpt_path``) and ``run`` ask it. An argument left None is not checked.
+
+    Args:
+        checkpoint: The checkpoint's contents (``hyper_parameters``, ``downscale_data``).
+        where: The checkpoint's path (or a word for it), named in the messages.
+        factor: The data's upsampling factor.
+        variable: The variable the data select (not checked for terrain: a generator
+            trained on one DEM applies to another).
+        units: The data's units of that variable (None: it has none); not checked when
+            not given.
+        data: The data files, named in the units message.
+        covariate_channels: Static covariate channels the model is configured for.
+        terrain: Whether it is a terrain generator (elevation in the messages).
+
+    Raises:
+        CheckpointError: With one line naming the checkpoint and what to change.
+    """
+    hparams = checkpoint.get("hyper_parameters") or {}
+    trained = checkpoint.get("downscale_data") or {}
+    saved = hparams.get("covariate_channels", 0)
+    if covariate_channels is not None and saved != covariate_channels:
+        raise CheckpointError(f"{where}: trained with {saved} static covariate channel(s), "
+                              f"but the model is configured for {covariate_channels}. Set "
+                              f"--model.init_args.covariate_channels {saved}.")
+    saved_factor = hparams.get("factor")
+    if factor is not None and saved_factor is not None and saved_factor != factor:
+        raise CheckpointError(f"{where}: trained for factor {saved_factor}, but the data use "
+                              f"factor {factor}. Use a checkpoint trained for factor {factor} "
+                              f"or set --data.factor {saved_factor}.")
+    if not terrain and trained.get("variable") and variable and trained["variable"] != variable:
+        raise CheckpointError(f"{where}: trained for variable '{trained['variable']}', but the "
+                              f"data select '{variable}'. Use a checkpoint trained for "
+                              f"'{variable}'.")
+    if units is NOT_GIVEN:
+        return
+    if terrain and trained.get("units") and units and trained["units"] != units:
+        raise CheckpointError(f"{where}: trained on elevation in {trained['units']}, but the "
+                              f"DEM is in {units}. Convert the DEM to {trained['units']}.")
+    if not terrain and trained.get("units") and units != trained["units"]:
+        raise CheckpointError(f"{where}: trained on '{trained.get('variable')}' in "
+                              f"{trained['units']}, but {data} is in "
+                              f"{units or 'no units (no units attribute)'}. Convert the input "
+                              f"to {trained['units']}.")
+
+
 _MODELS: dict[tuple[str, str, str], Any] = {}
 #: How many times this process has loaded a model (tests check: once per worker).
 MODEL_LOADS = 0
@@ -143,15 +217,18 @@ MODEL_LOADS = 0
 
 def load_model(checkpoint: str, sha256: str, device: str = "cpu",
                task: str = "DownscalingTask") -> Any:
-    """The checkpoint's model in eval mode, loaded once per process.
+    """The checkpoint's plain-torch model in eval mode, loaded once per process.
+
+    No Lightning is imported: the model is :class:`~downscale.nn.models.ClimateDownscaler`
+    or :class:`~downscale.nn.models.TerrainDownscaler` (a
+    :class:`~downscale.nn.protocol.Downscaler`), built by :func:`build_model`.
 
     Args:
         checkpoint: Path of the checkpoint.
         sha256: Its expected sha256 (part of the cache key; checked when loading).
         device: Torch device to put the model on; ``"auto"``: cuda where available.
-        task: A key of :data:`TASKS` (:attr:`CheckpointInfo.task`). A ``TerrainTask`` is
-            wrapped in :class:`~downscale.tasks.terrain.TerrainFieldModel`, so both are
-            called alike by :func:`downscale.inference.downscale_field`.
+        task: A key of :data:`TASKS` (:attr:`CheckpointInfo.task`); the checkpoint must
+            hold that task.
 
     Raises:
         CheckpointError: The file changed since the run started, or cannot be loaded.
@@ -163,29 +240,105 @@ def load_model(checkpoint: str, sha256: str, device: str = "cpu",
         device = "cuda" if torch.cuda.is_available() else "cpu"
     key = (checkpoint, sha256, device)
     if key not in _MODELS:
-        import torch
-
-        from downscale.tasks import DownscalingTask, TerrainTask
-        from downscale.tasks.terrain import TerrainFieldModel
-
         if file_sha256(checkpoint) != sha256:
             raise CheckpointError(f"{checkpoint}: the checkpoint changed while the run was "
                                   "going on. Run again.")
-        model: torch.nn.Module
-        try:
-            if task == "TerrainTask":
-                model = TerrainFieldModel(TerrainTask.load_from_checkpoint(
-                    checkpoint, map_location="cpu", weights_only=True))
-            else:
-                model = DownscalingTask.load_from_checkpoint(checkpoint, map_location="cpu",
-                                                             weights_only=True)
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise CheckpointError(f"{checkpoint}: the model cannot be loaded "
-                                  f"({type(exc).__name__}: {reason}). Give a checkpoint "
-                                  "saved by this version of downscale.") from exc
+        raw = load_checkpoint_dict(checkpoint)
+        held = checkpoint_task(raw, checkpoint)
+        if held != task:
+            raise CheckpointError(f"{checkpoint}: holds a {held}, not a {task}. Give a "
+                                  f"checkpoint of {task}.")
+        model = build_model(raw, checkpoint)
         _MODELS[key] = model.to(device).eval()
         MODEL_LOADS += 1
     return _MODELS[key]
+
+
+#: Only classes in these modules are ever built from a checkpoint's ``class_path``.
+ALLOWED_MODULE_PREFIX = "downscale.nn."
+
+
+def instantiate(config: Any, where: str) -> Any:
+    """Build a ``class_path``/``init_args`` config (nested ones too), ``downscale.nn`` only.
+
+    Lightning saves a decoder chosen in YAML as such a dict. No code named by the file
+    runs unless it is a ``torch.nn.Module`` class in a module under
+    :data:`ALLOWED_MODULE_PREFIX`.
+
+    Raises:
+        CheckpointError: For a class outside the whitelist or arguments it refuses.
+    """
+    import importlib
+
+    from torch import nn
+
+    if isinstance(config, list):
+        return [instantiate(item, where) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if "class_path" not in config:
+        return {key: instantiate(value, where) for key, value in config.items()}
+    class_path = str(config["class_path"])
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name.startswith(ALLOWED_MODULE_PREFIX):
+        raise CheckpointError(f"{where}: names the class {class_path}, which is not built "
+                              f"(only classes under {ALLOWED_MODULE_PREFIX} are). Give a "
+                              "checkpoint saved by 'downscale fit'.")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: names the class {class_path}, which this version "
+                              "of downscale does not have.") from exc
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise CheckpointError(f"{where}: {class_path} is not a torch module; it is not built.")
+    args = instantiate(config.get("init_args") or {}, where)
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: cannot build {class_path} ({exc}).") from exc
+
+
+def build_model(raw: dict[str, Any], where: str) -> Any:
+    """The plain-torch model of a checkpoint's contents, weights loaded, without Lightning.
+
+    The hyperparameters that the model's constructor takes are read from
+    ``hyper_parameters`` (a decoder from its ``class_path``/``init_args``); the tasks'
+    training settings (learning rate, ...) are left out. Generators saved before local
+    relief (no ``relief_radius``) keep their field-mean relief.
+
+    Raises:
+        CheckpointError: The weights do not fit the model the hyperparameters describe.
+    """
+    import inspect
+
+    from downscale.nn.models import ClimateDownscaler, TerrainDownscaler
+
+    task = checkpoint_task(raw, where)
+    hparams = raw["hyper_parameters"]
+    cls = TerrainDownscaler if task == "TerrainTask" else ClimateDownscaler
+    names = inspect.signature(cls.__init__).parameters
+    kwargs = {k: instantiate(v, where) for k, v in hparams.items()
+              if k in names and k != "variables"}
+    kwargs.update(model_upgrades(hparams, task))
+    try:
+        model = cls(variables=(str(raw["downscale_data"]["variable"]),), **kwargs)
+        model.load_state_dict(plain_state_dict(raw))
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{where}: the model cannot be loaded ({type(exc).__name__}: "
+                              f"{reason}). Give a checkpoint saved by this version of "
+                              "downscale.") from exc
+    return model
+
+
+def model_upgrades(hparams: dict[str, Any], task: str) -> dict[str, Any]:
+    """Settings that a checkpoint saved by an older version lacks, as it was trained.
+
+    A terrain generator saved without ``relief_radius`` took relief about each field's
+    mean: ``relief_radius=None`` keeps that (the default now is a local mean).
+    """
+    if task == "TerrainTask" and "relief_radius" not in hparams:
+        return {"relief_radius": None}
+    return {}

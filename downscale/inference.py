@@ -24,26 +24,20 @@ Tiles and halo
     acts on each coarse block alone, so every kept block stays exactly conservative.
 
 Receptive field
-    :func:`receptive_field` adds up the reach, in coarse cells, of the decoder's feature
-    path (the base path reaches less and is taken as a maximum). With ``s`` the factor:
+    The model states it: ``model.receptive_field()`` in coarse cells (the
+    :class:`~downscale.nn.protocol.Downscaler` protocol), added up by each decoder from the
+    rules of :mod:`downscale.nn.reach`. The bound is exact for the default decoder (factor
+    4, kernel 8, padding 2, one coarse and one fine block: ``R = 3 + 2 = 5``):
+    ``tests/test_inference.py`` moves one coarse value and finds fine cells ``R`` coarse
+    cells away changing, none beyond. A model that reads the whole field (attention
+    smoothing, the legacy terrain relief) raises
+    :class:`~downscale.nn.protocol.NotTileableError`: it runs on whole fields only.
 
-    * each ``GridConv2d`` with an odd kernel ``k`` reaches ``(k - 1) / 2`` cells at its own
-      resolution: ``rc`` coarse cells for the stem and the coarse blocks together, ``rf``
-      fine cells for the fine blocks and the head together;
-    * a conserving transposed convolution with kernel ``k`` and padding ``p`` writes fine
-      cell ``i`` from the coarse cells ``j`` with ``0 <= i + p - j * s < k``. Followed by
-      the fine convolutions, fine cell ``i = c * s + r`` (any ``0 <= r < s``) reads the
-      upsampled cells ``i - rf .. i + rf`` and so the coarse cells from
-      ``c - (k - 1 - p + rf) // s`` to ``c + (s - 1 + p + rf) // s``;
-    * the total is ``R = rc + max((k - 1 - p + rf) // s, (s - 1 + p + rf) // s)``.
-
-    The local-conservation step mixes cells of one coarse block only and adds no reach.
-    A static fine covariate, added to the upsampled features through its own convolution
-    (reach ``rv``), reaches ``(s - 1 + rv + rf) // s`` coarse cells. For the default
-    decoder (factor 4, kernel 8, padding 2, one coarse and one fine block:
-    ``rc = 3``, ``rf = 3``) that is ``R = 3 + max(8 // 4, 8 // 4) = 5`` coarse cells. The
-    bound is tight for generic weights: ``tests/test_inference.py`` moves one coarse value
-    and finds fine cells ``R`` coarse cells away changing, none beyond.
+Alignment
+    A model may need its tiles to start at multiples of ``model.tile_alignment()`` coarse
+    cells (a U-Net pools ``2**depth`` cells at a time): the halo's low end is then moved
+    down to such a multiple. On a periodic axis whose length is not a multiple, the tiles
+    take the whole circle (the model's own pooling is not periodic there).
 """
 
 from __future__ import annotations
@@ -57,69 +51,35 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from downscale.grid import cell_areas_latlon, cell_areas_projected, is_periodic_longitude
-from downscale.nn.conserving import MassConservingConvTranspose2d, block_repeat
-from downscale.nn.decoder import ConservingDecoder
-from downscale.nn.padding import GridConv2d
+from downscale.nn.conserving import block_repeat
+from downscale.nn.protocol import NotTileableError, tile_alignment
 
 #: Default bound on ``time steps x fine cells`` of one forward pass (the activations are
 #: about ``hidden_channels x 16`` bytes per fine cell: ~0.5 GiB for 32 channels).
 DEFAULT_BATCH_CELLS = 1 << 20
 
 
-def _conv_reach(conv: GridConv2d) -> int:
-    return int(conv.kernel_size[0]) // 2 * int(conv.dilation[0])
-
-
-def _blocks_reach(blocks: nn.Module) -> int:
-    """Reach of a stack of blocks: their convolutions run one after the other."""
-    return sum(_conv_reach(m) for m in blocks.modules() if isinstance(m, GridConv2d))
-
-
-def upsample_reach(layer: MassConservingConvTranspose2d, fine_reach: int = 0) -> int:
-    """Coarse cells on either side that a conserving upsampler's output reads.
+def receptive_field(module: nn.Module) -> int:
+    """A model's or decoder's receptive field in coarse cells, as it states it.
 
     Args:
-        layer: The conserving transposed convolution (stride ``s``, kernel ``k``,
-            padding ``p``).
-        fine_reach: Fine cells on either side that the layers after it read (``rf``).
-
-    Returns:
-        ``max((k - 1 - p + rf) // s, (s - 1 + p + rf) // s)``.
-    """
-    s, k, p = layer.stride, layer.kernel_size, layer.padding
-    return max((k - 1 - p + fine_reach) // s, (s - 1 + p + fine_reach) // s)
-
-
-def receptive_field(decoder: nn.Module) -> int:
-    """The decoder's receptive field radius in coarse cells (see the module docstring).
-
-    A decoder other than :class:`~downscale.nn.ConservingDecoder` can state its own with a
-    ``receptive_field()`` method returning coarse cells.
-
-    Args:
-        decoder: The decoder (``DownscalingTask.decoder``).
+        module: A :class:`~downscale.nn.protocol.Downscaler`, or a decoder of
+            :mod:`downscale.nn` (anything with a ``receptive_field()`` method).
 
     Returns:
         ``R``: every fine cell of coarse block ``(c_y, c_x)`` depends only on the coarse
         cells ``(c_y + dy, c_x + dx)`` with ``|dy|, |dx| <= R``.
 
     Raises:
-        ValueError: For a decoder whose receptive field is not known.
+        ValueError: (:class:`~downscale.nn.protocol.NotTileableError`) for a module that
+            reads the whole field or does not state its receptive field.
     """
-    stated = getattr(decoder, "receptive_field", None)
-    if callable(stated):
-        return int(stated())
-    if not isinstance(decoder, ConservingDecoder):
-        raise ValueError(f"the receptive field of {type(decoder).__name__} is not known (it "
-                         "has no receptive_field() method); give the halo explicitly")
-    coarse = _conv_reach(decoder.stem) + _blocks_reach(decoder.coarse)
-    fine = _blocks_reach(decoder.fine) + _conv_reach(decoder.head)
-    reach = max(coarse + upsample_reach(decoder.upsample, fine), upsample_reach(decoder.base))
-    if decoder.covariate_stem is not None:
-        # The fine covariate joins after the upsampler: its own conv, then the fine layers.
-        f = decoder.factor
-        reach = max(reach, (f - 1 + _conv_reach(decoder.covariate_stem) + fine) // f)
-    return reach
+    stated = getattr(module, "receptive_field", None)
+    if not callable(stated):
+        raise NotTileableError(f"the receptive field of {type(module).__name__} is not known "
+                               "(it has no receptive_field() method); give the halo "
+                               "explicitly")
+    return int(stated())
 
 
 def fine_bounds(coarse_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
@@ -180,24 +140,25 @@ class Tile:
     periodic: bool
 
 
-def _axis_windows(n: int, size: int, halo: int, periodic: bool
+def _axis_windows(n: int, size: int, halo: int, periodic: bool, alignment: int = 1
                   ) -> Iterator[tuple[NDArray[np.intp], slice, slice, bool]]:
     """Extended windows along one axis: (indices, kept part, output part, whole circle)."""
     for start in range(0, n, size):
         stop = min(start + size, n)
-        if periodic and (stop - start) + 2 * halo >= n:
+        lo = (start - halo) // alignment * alignment  # the halo's low end, aligned
+        if periodic and (stop + halo - lo >= n or n % alignment):
             # Reaches all the way round: the whole circle, padded circularly by the model.
             yield np.arange(n), slice(start, stop), slice(start, stop), True
         elif periodic:
-            yield (np.arange(start - halo, stop + halo) % n, slice(halo, halo + stop - start),
+            yield (np.arange(lo, stop + halo) % n, slice(start - lo, stop - lo),
                    slice(start, stop), False)
         else:
-            lo, hi = max(start - halo, 0), min(stop + halo, n)
+            lo, hi = max(lo, 0), min(stop + halo, n)
             yield (np.arange(lo, hi), slice(start - lo, stop - lo), slice(start, stop), False)
 
 
-def plan_tiles(shape: tuple[int, int], tile: int | None, halo: int, periodic: bool
-               ) -> list[Tile]:
+def plan_tiles(shape: tuple[int, int], tile: int | None, halo: int, periodic: bool,
+               alignment: int = 1) -> list[Tile]:
     """Cut a coarse grid into tiles with halos (see the module docstring).
 
     Args:
@@ -205,6 +166,7 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, halo: int, periodic: bo
         tile: Tile edge in coarse cells; None for the whole field (no halo needed).
         halo: Halo width in coarse cells.
         periodic: Whether the last axis is a periodic longitude.
+        alignment: Extended tiles start at multiples of this many coarse cells.
 
     Returns:
         Tiles whose kept parts cover the grid exactly once.
@@ -212,19 +174,20 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, halo: int, periodic: bo
     h, w = shape
     size = max(h, w) if tile is None else max(int(tile), 1)
     tiles = []
-    for rows, keep_r, out_r, _ in _axis_windows(h, size, halo, periodic=False):
-        for cols, keep_c, out_c, whole in _axis_windows(w, size, halo, periodic):
+    for rows, keep_r, out_r, _ in _axis_windows(h, size, halo, False, alignment):
+        for cols, keep_c, out_c, whole in _axis_windows(w, size, halo, periodic, alignment):
             tiles.append(Tile(rows, cols, keep_r, keep_c, out_r, out_c, periodic and whole))
     return tiles
 
 
 def model_halo(model: nn.Module) -> int:
-    """The halo tiles of ``model`` need: its decoder's :func:`receptive_field`, coarse cells.
+    """The halo tiles of ``model`` need: its :func:`receptive_field`, in coarse cells.
 
     Raises:
-        ValueError: For a decoder whose receptive field is not known.
+        ValueError: (:class:`~downscale.nn.protocol.NotTileableError`) for a model that
+            reads the whole field or does not state its receptive field.
     """
-    return receptive_field(getattr(model, "decoder", model))
+    return receptive_field(model)
 
 
 def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
@@ -236,10 +199,11 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
     """Downscale whole coarse fields, tile by tile with halos, exactly conservatively.
 
     Args:
-        model: A module called as ``model(coarse, fine_area, fine_valid, periodic)`` with
-            shapes ``(B, 1, h, w)``, ``(1, 1, H, W)``, ``(B, 1, H, W)`` returning
-            ``(B, 1, H, W)`` physical values, e.g. a
-            :class:`~downscale.tasks.DownscalingTask` (in eval mode).
+        model: A :class:`~downscale.nn.protocol.Downscaler` (in eval mode), called as
+            ``model(coarse, fine_area, fine_valid, periodic)`` with shapes
+            ``(B, 1, h, w)``, ``(1, 1, H, W)``, ``(B, 1, H, W)`` returning
+            ``(B, 1, H, W)`` physical values: a plain model from
+            :func:`downscale.checkpoint.load_model`, or a task.
         coarse: ``(T, h, w)`` coarse values in the model's units, NaN = missing.
         coarse_y_bnds: ``(h, 2)`` ascending latitude (degrees) or y (metres) bounds.
         coarse_x_bnds: ``(w, 2)`` ascending longitude (degrees) or x (metres) bounds.
@@ -283,7 +247,7 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
     if halo is not None and halo < 0:
         raise ValueError(f"halo must be >= 0 coarse cells, got {halo}")
     tiles = plan_tiles((h, w), None if tile_size is None else tile_size // factor, halo or 0,
-                       periodic)
+                       periodic, tile_alignment(model))
     out = np.empty((t_len, h * factor, w * factor), dtype=np.float32)
     extra: dict[str, Tensor] = {}
     with torch.inference_mode():

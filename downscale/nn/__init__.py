@@ -1,4 +1,5 @@
-"""Plain PyTorch modules (no Lightning): conserving layers, decoders, terrain generator."""
+"""Plain PyTorch modules (no Lightning): conserving layers, decoders, terrain generator, and
+the models that satisfy the :class:`~downscale.nn.protocol.Downscaler` protocol."""
 
 from downscale.nn.conserving import (
     LocalConservation,
@@ -22,10 +23,16 @@ from downscale.nn.mitigations import (
     transposed_kernel_penalty,
     transposed_kernels,
 )
+from downscale.nn.models import ClimateDownscaler, TerrainDownscaler
+from downscale.nn.protocol import Downscaler, NotTileableError
 from downscale.nn.terrain import TerrainGenerator
 
 __all__ = [
+    "ClimateDownscaler",
     "ConservingDecoder",
+    "Downscaler",
+    "NotTileableError",
+    "TerrainDownscaler",
     "LocalConservation",
     "MassConservingConvTranspose2d",
     "TerrainGenerator",

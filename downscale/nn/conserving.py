@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from downscale.nn.polyphase import fold_spill, spread
+from downscale.nn.reach import transposed_reach
 
 ConstraintMode = Literal["additive", "multiplicative", "softmax", "none"]
 
@@ -169,6 +170,14 @@ class MassConservingConvTranspose2d(nn.Module):
             mass = x * block_sum(fine_area, s)
         blocks = spread(mass, self.kernel().to(x.dtype), s)
         return fold_spill(blocks, s, p, fine, periodic, fine_area)
+
+    def coarse_reach(self, fine_reach: int = 0) -> int:
+        """Coarse cells on each side behind its output, read ``fine_reach`` fine cells wide.
+
+        See :func:`downscale.nn.reach.transposed_reach`; the folding of the spill-over at
+        the edges stays within it.
+        """
+        return transposed_reach(self.stride, self.kernel_size, self.padding, fine_reach)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, stride={self.stride}, kernel_size={self.kernel_size}"

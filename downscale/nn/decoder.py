@@ -29,6 +29,7 @@ from downscale.nn.conserving import (
     block_mean,
 )
 from downscale.nn.padding import GridConv2d
+from downscale.nn.reach import conv_reach, repeat_reach, stack_reach
 
 
 def add_detail(base: Tensor, detail: Tensor, std: Tensor, mode: ConstraintMode) -> Tensor:
@@ -115,6 +116,24 @@ class ConservingDecoder(nn.Module):
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
         self.constraint = LocalConservation(factor, constraint)
+
+    def receptive_field(self) -> int:
+        """Coarse cells on each side that a coarse cell's fine cells depend on.
+
+        ``R = max(rc + reach_up(rf), reach_base(0))`` with ``rc`` the reach of the stem and
+        the coarse blocks (coarse cells), ``rf`` that of the fine blocks and the head (fine
+        cells) and ``reach_up`` the upsampler's (:mod:`downscale.nn.reach`). The fine
+        covariate joins after the upsampler through its own convolution (``rv``):
+        ``repeat_reach(f, rv + rf)`` coarse cells. The final constraint mixes the cells of
+        one coarse block only. The default decoder (factor 4, kernel 8, padding 2, one
+        coarse and one fine block) reaches ``3 + 2 = 5`` coarse cells, exactly.
+        """
+        fine = stack_reach(self.fine) + conv_reach(self.head)
+        coarse = conv_reach(self.stem) + stack_reach(self.coarse)
+        reach = max(coarse + self.upsample.coarse_reach(fine), self.base.coarse_reach())
+        if self.covariate_stem is not None:
+            reach = max(reach, repeat_reach(self.factor, conv_reach(self.covariate_stem) + fine))
+        return reach
 
     def forward(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, fine_valid: Tensor,
                 std: Tensor, periodic: bool = False, covariate: Tensor | None = None

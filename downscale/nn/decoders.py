@@ -42,6 +42,7 @@ from downscale.nn.mitigations import (
     SpatialAttentionSmoothing,
 )
 from downscale.nn.padding import GridConv2d
+from downscale.nn.reach import conv_reach, stack_reach
 from downscale.nn.unet import UNet
 from downscale.nn.upsamplers import (
     PixelShuffleUpsampler,
@@ -97,6 +98,33 @@ class _ResidualDecoder(nn.Module):
         """Coarse-grid feature extraction; the identity here."""
         return features
 
+    def trunk_reach(self) -> int:
+        """Coarse cells on each side that the trunk reads; 0 for the identity."""
+        return 0
+
+    def receptive_field(self) -> int:
+        """Coarse cells on each side that a coarse cell's fine cells depend on.
+
+        The learnt path: stem and trunk (coarse cells), then the upsampler's own reach
+        (:mod:`downscale.nn.reach`) behind the phase-mixing convolution, the fine blocks
+        and the head (fine cells); the physical base reaches less. The final constraint
+        adds nothing (one coarse block at a time).
+
+        Raises:
+            NotTileableError: With attention smoothing, which reads the whole field.
+        """
+        if self.attention is not None:
+            self.attention.reach()
+        fine = stack_reach(self.fine) + conv_reach(self.head)
+        if self.mixing is not None:
+            fine += self.mixing.reach
+        learnt = conv_reach(self.stem) + self.trunk_reach() + self.upsampler.coarse_reach(fine)
+        return max(learnt, int(self.base.coarse_reach()))
+
+    def tile_alignment(self) -> int:
+        """Coarse cells a tile's start must be a multiple of (1: any start)."""
+        return 1
+
     def transposed_kernels(self) -> list[Tensor]:
         """Normalised kernels of every conserving transposed convolution, ``(C, 1, k, k)``."""
         return [m.kernel() for m in self.modules()
@@ -144,6 +172,10 @@ class _CoarseBlocksDecoder(_ResidualDecoder):
         for block in self.coarse:
             features = block(features, periodic)
         return features
+
+    def trunk_reach(self) -> int:
+        """Coarse cells on each side that the residual blocks read."""
+        return stack_reach(self.coarse)
 
 
 class TransposedConvDecoder(_CoarseBlocksDecoder):
@@ -226,6 +258,14 @@ class UNetDecoder(_ResidualDecoder):
     def trunk(self, features: Tensor, periodic: bool) -> Tensor:
         out: Tensor = self.unet(features, periodic)
         return out
+
+    def trunk_reach(self) -> int:
+        """Coarse cells on each side that the U-Net reads (:meth:`UNet.reach`)."""
+        return self.unet.reach()
+
+    def tile_alignment(self) -> int:
+        """Tiles start at multiples of ``2**depth`` coarse cells, where the U-Net pools."""
+        return self.unet.alignment
 
 
 class PixelShuffleDecoder(_CoarseBlocksDecoder):

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from downscale.errors import DownscaleError
 from downscale.nn.conserving import MassConservingConvTranspose2d
 from downscale.nn.padding import pad_grid
+from downscale.nn.protocol import NotTileableError
 
 
 class DecoderConfigError(DownscaleError, ValueError):
@@ -203,6 +204,17 @@ class SpatialAttentionSmoothing(nn.Module):
         self.value = nn.Conv2d(channels, channels, 1)
         self.gate = nn.Parameter(torch.full((1, channels, 1, 1), -2.0))
 
+    def reach(self) -> int:
+        """None: every cell attends to every block of the field, so tiles cannot be exact.
+
+        Raises:
+            NotTileableError: Always.
+        """
+        raise NotTileableError(
+            "spatial attention smoothing (attention: true) mixes every cell with the whole "
+            "field, so tiles would differ from the whole field: leave out --tile-size (run "
+            "whole fields) or use a decoder without attention")
+
     def forward(self, x: Tensor, periodic: bool = False) -> Tensor:
         b, c, h, w = x.shape
         pooled = F.avg_pool2d(x, self.stride, ceil_mode=True)
@@ -237,6 +249,7 @@ class AntiAliasFilter(nn.Module):
         if factor < 1:
             raise DecoderConfigError(f"factor must be >= 1, got {factor}")
         self.factor = factor
+        self.reach = factor - 1  # fine cells on each side
         j = torch.arange(-factor + 1, factor, dtype=torch.float64)
         taps = (factor - j.abs()) / factor**2
         self.taps: Tensor

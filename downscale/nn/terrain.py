@@ -28,6 +28,7 @@ from downscale.nn.conserving import (
 )
 from downscale.nn.decoder import _ConvBlock
 from downscale.nn.padding import GridConv2d
+from downscale.nn.reach import conv_reach, stack_reach
 
 
 class TerrainGenerator(nn.Module):
@@ -45,12 +46,13 @@ class TerrainGenerator(nn.Module):
         phase_balanced: Phase-balanced upsampling kernels (no checkerboard on flat input).
 
     Shapes:
-        ``forward(coarse, relief, fine_area, scale, noise)``: ``coarse`` ``(B, 1, h, w)``
+        ``forward(coarse, relief, fine_area, scale, noise, periodic)``: ``coarse`` ``(B, 1, h, w)``
         elevation in metres, ``relief`` ``(B, 1, h, w)`` the normalised coarse elevation
         fed to the feature path, ``fine_area`` broadcastable to ``(B, 1, h*f, w*f)``
         (relative cell areas), ``scale`` broadcastable to ``(B, 1, 1, 1)`` in metres (the
         size of one unit of learned detail), ``noise`` ``(B, noise_channels, h*f, w*f)``
-        or None (zeros). Returns ``(B, 1, h*f, w*f)`` elevation in metres.
+        or None (zeros), ``periodic`` whether the last axis is a whole longitude circle.
+        Returns ``(B, 1, h*f, w*f)`` elevation in metres.
 
     """
 
@@ -87,22 +89,43 @@ class TerrainGenerator(nn.Module):
         self.spread = MassConservingConvTranspose2d(1, factor, kernel_size, symmetric=True)
         self.spread.requires_grad_(False)
 
+    def receptive_field(self, relief_reach: int = 0) -> int:
+        """Coarse cells on each side that a coarse cell's fine terrain depends on.
+
+        The detail path reads ``relief_reach`` (what the relief itself reads), the stem and
+        coarse blocks, the upsampler behind the mixing convolution, fine blocks and head
+        (:mod:`downscale.nn.reach`); the base reads less. Each refinement step spreads
+        every coarse cell's error over the spreading kernel's reach ``S``, so the
+        conserving generator reaches ``refine_steps * S`` further. The final block
+        correction adds nothing.
+
+        Args:
+            relief_reach: Coarse cells on each side behind one cell of ``relief``.
+        """
+        fine = conv_reach(self.mix) + stack_reach(self.fine) + conv_reach(self.head)
+        learnt = (relief_reach + conv_reach(self.stem) + stack_reach(self.coarse)
+                  + self.upsample.coarse_reach(fine))
+        reach = max(learnt, self.base.coarse_reach())
+        if self.conserve:
+            reach += self.refine_steps * self.spread.coarse_reach()
+        return reach
+
     def forward(self, coarse: Tensor, relief: Tensor, fine_area: Tensor, scale: Tensor,
-                noise: Tensor | None = None) -> Tensor:
-        base = self.base(coarse, fine_area)
-        features = self.stem(relief)
+                noise: Tensor | None = None, periodic: bool = False) -> Tensor:
+        base = self.base(coarse, fine_area, periodic)
+        features = self.stem(relief, periodic)
         for block in self.coarse:
-            features = block(features, False)
-        features = self.upsample(features)
+            features = block(features, periodic)
+        features = self.upsample(features, None, periodic)
         if self.noise_channels:
             if noise is None:
                 noise = features.new_zeros(features.shape[0], self.noise_channels,
                                            *features.shape[-2:])
             features = torch.cat([features, noise], dim=1)
-        features = self.mix(features)
+        features = self.mix(features, periodic)
         for block in self.fine:
-            features = block(features, False)
-        fine = base + scale * self.head(features)
+            features = block(features, periodic)
+        fine = base + scale * self.head(features, periodic)
         area = fine_area.expand_as(fine)
         if self.conserve:
             # Pycnophylactic refinement (Tobler 1979): spread each coarse cell's remaining
@@ -111,6 +134,6 @@ class TerrainGenerator(nn.Module):
             target = torch.nan_to_num(coarse, nan=0.0)
             for _ in range(self.refine_steps):
                 mean, _ = block_mean(fine, area, self.factor)
-                fine = fine + self.spread(target - mean, fine_area)
+                fine = fine + self.spread(target - mean, fine_area, periodic)
         out: Tensor = self.constraint(fine, coarse, area)
         return out

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from downscale.nn.decoder import _ConvBlock
 from downscale.nn.mitigations import DecoderConfigError
 from downscale.nn.padding import GridConv2d
+from downscale.nn.reach import conv_reach, repeat_reach, stack_reach
 
 
 def pad_to_multiple(x: Tensor, multiple: int, periodic: bool = False) -> Tensor:
@@ -79,6 +80,31 @@ class UNet(nn.Module):
                                       for i in range(depth + 1))
         self.decoders = nn.ModuleList(_UpBlock(widths[i], widths[i - 1])
                                       for i in range(depth, 0, -1))
+
+    @property
+    def alignment(self) -> int:
+        """Cells a tile's start must be a multiple of: each level pools pairs of cells."""
+        return 2 ** (len(self.encoders) - 1)
+
+    def reach(self) -> int:
+        """Cells on each side (finest level) that one output cell depends on.
+
+        Level by level from the deepest (its encoder block alone): at level ``i`` an output
+        cell reads the merge block and the up-convolution (``r`` cells of the upsampled
+        grid), hence ``ceil(r / 2)`` cells of level ``i + 1`` around its own; with the
+        level below reaching ``s`` of its cells, that is ``M = ceil(r / 2) + s`` pooled
+        cells, i.e. at most ``2 M + 1`` cells of level ``i``, read through level ``i``'s
+        encoder block. The skip path reads the merge block and the encoder block only.
+        The padding at the high end before pooling is one more cell of the same kind.
+        """
+        depth = len(self.encoders) - 1
+        below = stack_reach(self.encoders[depth])
+        for level in range(depth - 1, -1, -1):
+            up = self.decoders[depth - 1 - level]
+            merge, encoder = stack_reach(up.merge), stack_reach(self.encoders[level])
+            pooled = repeat_reach(2, merge + conv_reach(up.conv)) + below
+            below = max(encoder + 2 * pooled + 1, merge + encoder)
+        return below
 
     def forward(self, x: Tensor, periodic: bool = False) -> Tensor:
         skips: list[Tensor] = []

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from downscale.nn.conserving import MassConservingConvTranspose2d, block_sum
 from downscale.nn.mitigations import AntiAliasFilter, DecoderConfigError
 from downscale.nn.padding import GridConv2d
+from downscale.nn.reach import bilinear_reach, conv_reach, repeat_reach
 
 
 def stage_strides(factor: int, stage_stride: int | None) -> list[int]:
@@ -90,6 +91,12 @@ class StagedConservingUpsampler(nn.Module):
         self.stages = nn.ModuleList(MassConservingConvTranspose2d(channels, s, k, symmetric=True)
                                     for s in strides)
 
+    def coarse_reach(self, fine_reach: int = 0) -> int:
+        """Coarse cells on each side behind its output (stage by stage, last first)."""
+        for stage in reversed(self.stages):
+            fine_reach = stage.coarse_reach(fine_reach)
+        return fine_reach
+
     def forward(self, x: Tensor, fine_area: Tensor, periodic: bool = False) -> Tensor:
         left = self.factor
         for stage, stride in zip(self.stages, self.strides, strict=True):
@@ -135,6 +142,14 @@ class TransposedConvUpsampler(nn.Module):
         """Stride of the last stage: the period of the phases the output can carry."""
         return self.strides[-1]
 
+    def coarse_reach(self, fine_reach: int = 0) -> int:
+        """Coarse cells on each side behind its output: stages and the convolutions between."""
+        for i in reversed(range(len(self.stages))):
+            fine_reach = self.stages[i].coarse_reach(fine_reach)
+            if i:
+                fine_reach += conv_reach(self.mix[i - 1])
+        return fine_reach
+
     def forward(self, x: Tensor, periodic: bool = False) -> Tensor:
         for i, stage in enumerate(self.stages):
             if i:
@@ -175,6 +190,13 @@ class PixelShuffleUpsampler(nn.Module):
         self.shuffle = nn.PixelShuffle(factor)
         self.filter = AntiAliasFilter(factor) if anti_alias else None
 
+    def coarse_reach(self, fine_reach: int = 0) -> int:
+        """Coarse cells on each side behind its output: the filter, the shuffle, the conv."""
+        factor = int(self.shuffle.upscale_factor)
+        if self.filter is not None:
+            fine_reach += self.filter.reach
+        return conv_reach(self.conv) + repeat_reach(factor, fine_reach)
+
     def forward(self, x: Tensor, periodic: bool = False) -> Tensor:
         out: Tensor = self.shuffle(self.conv(x, periodic))
         if self.filter is not None:
@@ -206,6 +228,13 @@ class ResizeConvUpsampler(nn.Module):
             raise DecoderConfigError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
         self.factor, self.mode = factor, mode
         self.conv = GridConv2d(channels, channels)
+
+    def coarse_reach(self, fine_reach: int = 0) -> int:
+        """Coarse cells on each side behind its output: the conv, then the interpolation."""
+        fine_reach += conv_reach(self.conv)
+        if self.mode == "nearest":
+            return repeat_reach(self.factor, fine_reach)
+        return bilinear_reach(self.factor, fine_reach)
 
     def forward(self, x: Tensor, periodic: bool = False) -> Tensor:
         if self.mode == "nearest":

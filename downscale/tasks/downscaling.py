@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from downscale.baselines import UpsamplingMethod, upsample
-from downscale.errors import CheckpointError
+from downscale.checkpoint import check_trained_for
 from downscale.metrics import (
     bias,
     checkerboard_index,
@@ -19,13 +19,13 @@ from downscale.metrics import (
     rmse,
     spectral_artifact_index,
 )
-from downscale.nn import ConservingDecoder
 from downscale.nn.conserving import ConstraintMode
 from downscale.nn.mitigations import (
     DecoderConfigError,
     transposed_kernel_penalty,
     transposed_kernels,
 )
+from downscale.nn.models import ClimateDownscaler
 from downscale.tasks.common import take_training_stats
 
 
@@ -75,8 +75,12 @@ def _unconfigured_modules(**modules: object) -> list[str]:
             and (given is None or isinstance(given.get(name), torch.nn.Module))]
 
 
-class DownscalingTask(L.LightningModule):
+class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[misc]
     """Learn to downscale one variable by an integer factor, conserving mass exactly.
+
+    The model and its forward pass are :class:`~downscale.nn.models.ClimateDownscaler`'s
+    (plain torch; the same state dict), with training, evaluation and checkpoint metadata
+    added here.
 
     The loss is the mean squared error in normalised units over valid fine cells. Logged:
     ``{train,val,test}_loss`` and ``_rmse`` (variable units); at validation and test also
@@ -117,65 +121,14 @@ class DownscalingTask(L.LightningModule):
                  phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4,
                  decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0,
                  covariate_channels: int = 0) -> None:
-        super().__init__()
+        super().__init__(factor, hidden_channels, coarse_blocks, fine_blocks, constraint,
+                         phase_balanced, decoder, covariate_channels)
         self.save_hyperparameters(ignore=_unconfigured_modules(decoder=decoder))
-        self.factor, self.lr, self.weight_decay = factor, lr, weight_decay
-        if covariate_channels not in (0, 1):
-            raise DecoderConfigError(f"covariate_channels must be 0 or 1, got "
-                                     f"{covariate_channels}")
-        if decoder is None:
-            decoder = ConservingDecoder(1, factor, hidden_channels, coarse_blocks, fine_blocks,
-                                        constraint, phase_balanced, covariate_channels)
-        elif getattr(decoder, "covariate_channels", 0) != covariate_channels:
-            raise DecoderConfigError(
-                f"model.decoder ({type(decoder).__name__}) reads "
-                f"{getattr(decoder, 'covariate_channels', 0)} covariate channel(s), but "
-                f"covariate_channels is {covariate_channels}. Use the default decoder "
-                "(decoder: null) for a static covariate.")
-        elif getattr(decoder, "factor", None) != factor:
-            raise DecoderConfigError(
-                f"model.decoder ({type(decoder).__name__}) upsamples by factor "
-                f"{getattr(decoder, 'factor', '(none: it has no factor attribute)')}, but the "
-                f"data use factor {factor}. Set model.init_args.decoder.init_args.factor: "
-                f"{factor} (or --data.factor to the decoder's factor).")
+        self.lr, self.weight_decay = lr, weight_decay
         if not sobolev_weight >= 0:
             raise DecoderConfigError(f"sobolev_weight must be >= 0, got {sobolev_weight}")
-        self.decoder = decoder
         self.sobolev_weight = sobolev_weight
-        # Normalisation of the training split, filled at fit start, saved in checkpoints.
-        self.norm_mean: Tensor
-        self.norm_std: Tensor
-        self.register_buffer("norm_mean", torch.zeros(1))
-        self.register_buffer("norm_std", torch.ones(1))
-        self.covariate_channels = covariate_channels
-        # The covariate's own statistics (e.g. altitude in m), from the training data.
-        self.covariate_mean: Tensor
-        self.covariate_std: Tensor
-        self.register_buffer("covariate_mean", torch.zeros(max(covariate_channels, 1)))
-        self.register_buffer("covariate_std", torch.ones(max(covariate_channels, 1)))
         self.data_info: dict[str, Any] = {}
-
-    # -- model -----------------------------------------------------------------------------
-    def forward(self, coarse: Tensor, fine_area: Tensor, fine_valid: Tensor,
-                periodic: bool = False, covariate: Tensor | None = None) -> Tensor:
-        """Downscale ``(B, 1, h, w)`` physical values to ``(B, 1, h*f, w*f)``.
-
-        ``covariate`` is the ``(B, covariate_channels, h*f, w*f)`` static covariate in its
-        own units (NaN = missing), required when ``covariate_channels > 0``.
-        """
-        mean = self.norm_mean.view(1, -1, 1, 1)
-        std = self.norm_std.view(1, -1, 1, 1)
-        x_norm = torch.nan_to_num((coarse - mean) / std, nan=0.0)
-        if not self.covariate_channels:
-            out: Tensor = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic)
-            return out
-        if covariate is None:
-            raise ValueError("this model was built with a static covariate: pass covariate=")
-        c_mean = self.covariate_mean.view(1, -1, 1, 1)
-        c_std = self.covariate_std.view(1, -1, 1, 1)
-        c_norm = torch.nan_to_num((covariate.to(coarse.dtype) - c_mean) / c_std, nan=0.0)
-        out = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic, c_norm)
-        return out
 
     def _predict_batch(self, batch: dict[str, Tensor]) -> Tensor:
         out: Tensor = self(batch["coarse"], batch["fine_area"], batch["fine_valid"],
@@ -258,35 +211,19 @@ class DownscalingTask(L.LightningModule):
         """Refuse a checkpoint trained for another factor, variable or units, before loading.
 
         The messages name the checkpoint file and the data files, so that the user sees
-        which of the two to change.
+        which of the two to change (:func:`downscale.checkpoint.check_trained_for`).
         """
-        trained = checkpoint.get("downscale_data", {})
         trainer = getattr(self, "_trainer", None)
         where = str(getattr(trainer, "ckpt_path", None) or "checkpoint")
-        saved_factor = checkpoint.get("hyper_parameters", {}).get("factor")
-        saved_covariates = checkpoint.get("hyper_parameters", {}).get("covariate_channels", 0)
-        if saved_covariates != self.covariate_channels:
-            raise CheckpointError(f"checkpoint: trained with {saved_covariates} static "
-                                  f"covariate channel(s), but the model is configured for "
-                                  f"{self.covariate_channels}. Set "
-                                  f"--model.init_args.covariate_channels {saved_covariates}.")
-        if saved_factor is not None and saved_factor != self.factor:
-            raise CheckpointError(f"{where}: trained for factor {saved_factor}, but the data "
-                                  f"use factor {self.factor}. Use a checkpoint trained "
-                                  f"for factor {self.factor} or set --data.factor "
-                                  f"{saved_factor}.")
         datamodule = getattr(trainer, "datamodule", None)
-        wanted = getattr(datamodule, "variable", None)
-        if trained.get("variable") and wanted and trained["variable"] != wanted:
-            raise CheckpointError(f"{where}: trained for variable '{trained['variable']}', "
-                                  f"but the data select '{wanted}'. Use a checkpoint trained "
-                                  f"for '{wanted}'.")
+        checks: dict[str, Any] = {"factor": self.factor,
+                                  "covariate_channels": self.covariate_channels,
+                                  "variable": getattr(datamodule, "variable", None)}
         if datamodule is not None and hasattr(datamodule, "variable_attrs"):
-            units = datamodule.variable_attrs.get("units")
-            data = ", ".join(getattr(getattr(datamodule, "source", None), "paths", []))
-            if trained.get("units") and units != trained["units"]:
-                raise CheckpointError(
-                    f"{where}: trained on '{trained.get('variable')}' in {trained['units']}, "
-                    f"but {data or 'the data'} is in {units or 'no units (no units attribute)'}"
-                    f". Convert the input to {trained['units']}.")
-        self.data_info = trained
+            paths = ", ".join(getattr(getattr(datamodule, "source", None), "paths", []))
+            checks.update(units=datamodule.variable_attrs.get("units"),
+                          data=paths or "the data")
+        check_trained_for(checkpoint, where, **checks)
+        self.data_info = checkpoint.get("downscale_data", {})
+        if self.data_info.get("variable"):
+            self.variables = (str(self.data_info["variable"]),)

@@ -20,7 +20,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from downscale.errors import CheckpointError
+from downscale.checkpoint import check_trained_for, model_upgrades
 from downscale.losses import slope, slope_penalty
 from downscale.metrics import (
     checkerboard_index,
@@ -29,7 +29,7 @@ from downscale.metrics import (
     slope_violation_fraction,
     slope_wasserstein_distance,
 )
-from downscale.nn.terrain import TerrainGenerator
+from downscale.nn.models import TerrainDownscaler
 from downscale.tasks.common import take_training_stats
 
 if TYPE_CHECKING:
@@ -65,8 +65,11 @@ def terrain_metrics(pred: Tensor, batch: dict[str, Tensor], factor: int, theta_m
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-class TerrainTask(L.LightningModule):
+class TerrainTask(TerrainDownscaler, L.LightningModule):  # type: ignore[misc]
     """Learn to generate fine terrain from coarse elevation, with a slope penalty.
+
+    The model and its forward pass are :class:`~downscale.nn.models.TerrainDownscaler`'s
+    (plain torch; the same state dict), with training and evaluation added here.
 
     The loss is the mean squared error in normalised units (elevation divided by the
     training standard deviation) plus ``slope_weight`` times
@@ -96,56 +99,34 @@ class TerrainTask(L.LightningModule):
         weight_decay: AdamW weight decay.
         noise_seed: Seed of the noise drawn at validation, test and prediction (training
             noise follows the global seed).
+        relief_radius: Half-width in coarse cells of the window whose mean elevation the
+            relief is taken about (finite, so the generator can be tiled).
 
     """
 
     def __init__(self, factor: int = 4, theta_max_deg: float = 30.0, slope_weight: float = 1000.0,
                  hidden_channels: int = 32, coarse_blocks: int = 2, fine_blocks: int = 2,
                  noise_channels: int = 0, conserve: bool = True, lr: float = 2e-3,
-                 weight_decay: float = 1e-4, noise_seed: int = 0) -> None:
-        super().__init__()
+                 weight_decay: float = 1e-4, noise_seed: int = 0, relief_radius: int = 8
+                 ) -> None:
         if not 0.0 < theta_max_deg < 90.0:
             raise ValueError(f"theta_max_deg must be in (0, 90) degrees, got {theta_max_deg}")
         if slope_weight < 0:
             raise ValueError(f"slope_weight must be >= 0, got {slope_weight}")
+        super().__init__(factor, hidden_channels, coarse_blocks, fine_blocks, noise_channels,
+                         conserve, noise_seed, relief_radius)
         self.save_hyperparameters()
-        self.factor, self.theta_max_deg, self.slope_weight = factor, theta_max_deg, slope_weight
-        self.lr, self.weight_decay, self.noise_seed = lr, weight_decay, noise_seed
-        self.generator = TerrainGenerator(factor, hidden_channels, coarse_blocks, fine_blocks,
-                                          noise_channels, conserve)
-        # Elevation statistics of the training region, filled at fit start, in checkpoints.
-        self.norm_mean: Tensor
-        self.norm_std: Tensor
-        self.register_buffer("norm_mean", torch.zeros(1))
-        self.register_buffer("norm_std", torch.ones(1))
+        self.theta_max_deg, self.slope_weight = theta_max_deg, slope_weight
+        self.lr, self.weight_decay = lr, weight_decay
         self.data_info: dict[str, Any] = {}
 
-    # -- model -----------------------------------------------------------------------------
-    def forward(self, coarse: Tensor, fine_area: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Generate ``(B, 1, h*f, w*f)`` elevation (m) from ``(B, 1, h, w)`` coarse elevation."""
-        std = self.norm_std.view(1, -1, 1, 1)
-        # Relief relative to each sample's mean: the same landform looks the same to the
-        # network at any altitude, so a generator trained on one DEM applies to another.
-        finite = torch.isfinite(coarse)
-        zeroed = torch.where(finite, coarse, torch.zeros_like(coarse))
-        count = finite.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
-        mean = zeroed.sum(dim=(-2, -1), keepdim=True) / count
-        relief = torch.where(finite, (coarse - mean) / std, torch.zeros_like(coarse))
-        out: Tensor = self.generator(coarse, relief, fine_area, std, noise)
-        return out
-
-    def _noise(self, batch: dict[str, Tensor], seed: int | None) -> Tensor | None:
-        channels = self.generator.noise_channels
-        if not channels:
-            return None
-        b, _, h, w = batch["fine_area"].shape
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        noise = torch.randn(b, channels, h, w, generator=generator)
-        return noise.to(batch["fine_area"].device, batch["fine_area"].dtype)
-
     def generate(self, batch: dict[str, Tensor], seed: int | None = None) -> Tensor:
-        """Generate the fine terrain of a batch (noise drawn from ``seed`` if given)."""
-        out: Tensor = self(batch["coarse"], batch["fine_area"], self._noise(batch, seed))
+        """Generate the fine terrain of a batch (noise drawn from ``seed`` if given, else
+        from the global generator), unmasked: every fine cell of a valid coarse cell."""
+        area = batch["fine_area"].expand(batch["coarse"].shape[0], -1, -1, -1)
+        periodic = bool(batch["periodic"].all()) if "periodic" in batch else False
+        out: Tensor = self(batch["coarse"], batch["fine_area"], torch.ones_like(
+            area, dtype=torch.bool), periodic, noise=self.draw_noise(area, seed))
         return out
 
     # -- training and evaluation -------------------------------------------------------------
@@ -204,56 +185,17 @@ class TerrainTask(L.LightningModule):
         """Refuse a checkpoint trained for another factor, before loading it.
 
         The variable name may differ (a generator trained on one DEM applies to another);
-        both must be elevations in metres.
+        both must be elevations in metres (:func:`downscale.checkpoint.check_trained_for`).
+        A generator saved before local relief keeps its field-mean relief.
         """
-        trained = checkpoint.get("downscale_data", {})
-        saved_factor = checkpoint.get("hyper_parameters", {}).get("factor")
-        if saved_factor is not None and saved_factor != self.factor:
-            raise CheckpointError(f"checkpoint: trained for factor {saved_factor}, but the data "
-                                  f"use factor {self.factor}. Use a checkpoint trained for "
-                                  f"factor {self.factor} or set --data.factor {saved_factor}.")
         datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
         units = getattr(datamodule, "variable_attrs", {}).get("units") if datamodule else None
-        if trained.get("units") and units and trained["units"] != units:
-            raise CheckpointError(f"checkpoint: trained on elevation in {trained['units']}, but "
-                                  f"the DEM is in {units}. Convert the DEM to "
-                                  f"{trained['units']}.")
-        self.data_info = trained
-
-
-class TerrainFieldModel(torch.nn.Module):
-    """A trained :class:`TerrainTask` called like a downscaling model, for ``downscale run``.
-
-    :func:`downscale.inference.downscale_field` calls its model as
-    ``model(coarse, fine_area, fine_valid, periodic)``; this forwards to
-    :meth:`TerrainTask.generate` with the task's fixed noise seed, so a rerun generates
-    the same terrain.
-
-    Args:
-        task: The trained generator (in eval mode when used).
-    """
-
-    def __init__(self, task: TerrainTask) -> None:
-        super().__init__()
-        self.task = task
-        self.factor = task.factor
-
-    def forward(self, coarse: Tensor, fine_area: Tensor, fine_valid: Tensor,
-                periodic: bool = False) -> Tensor:
-        """``(B, 1, h, w)`` coarse elevation (m) to ``(B, 1, h*f, w*f)`` (NaN off-grid)."""
-        fine = self.task.generate({"coarse": coarse, "fine_area": fine_area.expand(
-            coarse.shape[0], -1, -1, -1)}, self.task.noise_seed)
-        return torch.where(fine_valid, fine, torch.full_like(fine, torch.nan))
-
-    def receptive_field(self) -> int:
-        """Tiles are refused: each field's relief is taken about its own mean elevation.
-
-        Raises:
-            ValueError: Always (a tile's mean differs from the whole field's, so tiled
-                terrain would not equal the whole-field terrain).
-        """
-        raise ValueError("the terrain generator takes each field's relief about its own "
-                         "mean elevation, so tiles would differ from the whole field")
+        check_trained_for(checkpoint, "checkpoint", factor=self.factor, units=units,
+                          terrain=True)
+        for name, value in model_upgrades(checkpoint.get("hyper_parameters", {}),
+                                          "TerrainTask").items():
+            setattr(self, name, value)
+        self.data_info = checkpoint.get("downscale_data", {})
 
 
 # ---------------------------------------------------------------------------------------
