@@ -210,7 +210,7 @@ def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | N
                               f"to {trained['units']}.")
 
 
-_MODELS: dict[tuple[str, str, str], Any] = {}
+_MODELS: dict[tuple[str, str, str, str], Any] = {}
 #: How many times this process has loaded a model (tests check: once per worker).
 MODEL_LOADS = 0
 
@@ -238,7 +238,7 @@ def load_model(checkpoint: str, sha256: str, device: str = "cpu",
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    key = (checkpoint, sha256, device)
+    key = (checkpoint, sha256, device, task)
     if key not in _MODELS:
         if file_sha256(checkpoint) != sha256:
             raise CheckpointError(f"{checkpoint}: the checkpoint changed while the run was "

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from downscale.nn.conserving import MassConservingConvTranspose2d, block_sum
 from downscale.nn.mitigations import AntiAliasFilter, DecoderConfigError
-from downscale.nn.padding import GridConv2d
+from downscale.nn.padding import GridConv2d, pad_grid
 from downscale.nn.reach import bilinear_reach, conv_reach, repeat_reach
 
 
@@ -209,8 +209,8 @@ class ResizeConvUpsampler(nn.Module):
 
     Every fine cell is produced by the same weights, so no phase can be favoured: flat
     stays flat by construction. ``"nearest"`` repeats each coarse cell; ``"bilinear"`` is
-    cell-centre aligned (``align_corners=False``) and holds the edge value beyond the
-    outermost centres.
+    cell-centre aligned (``align_corners=False``), wraps around a periodic longitude and
+    holds the edge value beyond the outermost centres elsewhere.
 
     Args:
         channels: Feature channels in and out.
@@ -240,7 +240,10 @@ class ResizeConvUpsampler(nn.Module):
         if self.mode == "nearest":
             up = F.interpolate(x, scale_factor=self.factor, mode="nearest")
         else:
-            up = F.interpolate(x, scale_factor=self.factor, mode="bilinear",
-                               align_corners=False)
+            # One cell of grid padding first, so that the interpolation wraps around a
+            # periodic longitude (replicated, it is the clamped edge it was), then cropped.
+            f = self.factor
+            up = F.interpolate(pad_grid(x, 1, periodic), scale_factor=f, mode="bilinear",
+                               align_corners=False)[..., f:-f, f:-f]
         out: Tensor = self.conv(up, periodic)
         return out
