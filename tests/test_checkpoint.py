@@ -127,7 +127,7 @@ def test_terrain_saved_before_local_relief_keeps_its_field_mean(tmp_path: Path) 
 def test_one_place_refuses_what_does_not_match(checks: dict[str, Any], fragment: str) -> None:
     saved = {"hyper_parameters": {"factor": 4},
              "downscale_data": {"variable": "air_temperature", "units": "K"}}
-    with pytest.raises(CheckpointError, match="^m.ckpt: ") as info:
+    with pytest.raises(CheckpointError, match=r"^m\.ckpt: ") as info:
         check_trained_for(saved, "m.ckpt", **checks)
     assert fragment in str(info.value)
     check_trained_for(saved, "m.ckpt", factor=4, variable="air_temperature", units="K",

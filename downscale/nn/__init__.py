@@ -1,5 +1,4 @@
-"""Plain PyTorch modules (no Lightning): conserving layers, decoders, terrain generator, and
-the models that satisfy the :class:`~downscale.nn.protocol.Downscaler` protocol."""
+"""Plain PyTorch modules (no Lightning): layers, decoders and the Downscaler models."""
 
 from downscale.nn.conserving import (
     LocalConservation,
@@ -31,10 +30,10 @@ __all__ = [
     "ClimateDownscaler",
     "ConservingDecoder",
     "Downscaler",
-    "NotTileableError",
-    "TerrainDownscaler",
     "LocalConservation",
     "MassConservingConvTranspose2d",
+    "NotTileableError",
+    "TerrainDownscaler",
     "TerrainGenerator",
     "block_mean",
     "block_sum",

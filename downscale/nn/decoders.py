@@ -52,6 +52,9 @@ from downscale.nn.upsamplers import (
     default_kernel_size,
 )
 
+#: The learnt upsamplers a decoder can use (each states its ``coarse_reach``).
+FeatureUpsampler = TransposedConvUpsampler | PixelShuffleUpsampler | ResizeConvUpsampler
+
 
 class _ResidualDecoder(nn.Module):
     """The shared skeleton (module docstring); subclasses set the trunk and the upsampler.
@@ -71,16 +74,18 @@ class _ResidualDecoder(nn.Module):
     """
 
     def __init__(self, channels: int, factor: int, hidden_channels: int, fine_blocks: int,
-                 constraint: ConstraintMode, upsampler: nn.Module, phase_stride: int,
-                 dilation: int | None, attention: bool, base: nn.Module | None = None) -> None:
+                 constraint: ConstraintMode, upsampler: FeatureUpsampler, phase_stride: int,
+                 dilation: int | None, attention: bool,
+                 base: StagedConservingUpsampler | None = None) -> None:
         super().__init__()
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
             raise DecoderConfigError(f"factor must be a positive integer, got {factor!r}")
         self.channels, self.factor, self.constraint_mode = channels, factor, constraint
-        self.base = base if base is not None else MassConservingConvTranspose2d(
-            channels, factor, default_kernel_size(factor), symmetric=True)
+        self.base: StagedConservingUpsampler | MassConservingConvTranspose2d = (
+            base if base is not None else MassConservingConvTranspose2d(
+                channels, factor, default_kernel_size(factor), symmetric=True))
         self.stem = GridConv2d(2 * channels, hidden_channels)
-        self.upsampler = upsampler
+        self.upsampler: FeatureUpsampler = upsampler
         self.mixing = (PhaseMixingConv(hidden_channels, phase_stride, dilation)
                        if dilation is not None else None)
         self.attention = (SpatialAttentionSmoothing(hidden_channels, phase_stride)
@@ -119,7 +124,7 @@ class _ResidualDecoder(nn.Module):
         if self.mixing is not None:
             fine += self.mixing.reach
         learnt = conv_reach(self.stem) + self.trunk_reach() + self.upsampler.coarse_reach(fine)
-        return max(learnt, int(self.base.coarse_reach()))
+        return max(learnt, self.base.coarse_reach())
 
     def tile_alignment(self) -> int:
         """Coarse cells a tile's start must be a multiple of (1: any start)."""
@@ -160,9 +165,9 @@ class _CoarseBlocksDecoder(_ResidualDecoder):
     """Skeleton whose trunk is ``coarse_blocks`` residual conv blocks."""
 
     def __init__(self, channels: int, factor: int, hidden_channels: int, coarse_blocks: int,
-                 fine_blocks: int, constraint: ConstraintMode, upsampler: nn.Module,
+                 fine_blocks: int, constraint: ConstraintMode, upsampler: FeatureUpsampler,
                  phase_stride: int, dilation: int | None, attention: bool,
-                 base: nn.Module | None = None) -> None:
+                 base: StagedConservingUpsampler | None = None) -> None:
         super().__init__(channels, factor, hidden_channels, fine_blocks, constraint, upsampler,
                          phase_stride, dilation, attention, base)
         self.coarse = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)

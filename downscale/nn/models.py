@@ -165,8 +165,8 @@ def local_mean(x: Tensor, radius: int | None, periodic: bool = False) -> Tensor:
     else:
         both = F.pad(both, (radius, radius, radius, radius))
     sums = F.avg_pool2d(both, 2 * radius + 1, stride=1, divisor_override=1)
-    total, count = sums.split(x.shape[1], dim=1)
-    return total / count.clamp_min(1)
+    c = x.shape[1]
+    return sums[:, :c] / sums[:, c:].clamp_min(1)
 
 
 class TerrainDownscaler(nn.Module):

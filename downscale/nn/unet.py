@@ -14,6 +14,8 @@ within the padded column; the finest level, which the decoder upsamples, is exac
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,7 +86,7 @@ class UNet(nn.Module):
     @property
     def alignment(self) -> int:
         """Cells a tile's start must be a multiple of: each level pools pairs of cells."""
-        return 2 ** (len(self.encoders) - 1)
+        return 1 << (len(self.encoders) - 1)
 
     def reach(self) -> int:
         """Cells on each side (finest level) that one output cell depends on.
@@ -100,7 +102,7 @@ class UNet(nn.Module):
         depth = len(self.encoders) - 1
         below = stack_reach(self.encoders[depth])
         for level in range(depth - 1, -1, -1):
-            up = self.decoders[depth - 1 - level]
+            up = cast(_UpBlock, self.decoders[depth - 1 - level])
             merge, encoder = stack_reach(up.merge), stack_reach(self.encoders[level])
             pooled = repeat_reach(2, merge + conv_reach(up.conv)) + below
             below = max(encoder + 2 * pooled + 1, merge + encoder)

@@ -21,7 +21,7 @@ conserving the mass of its input on the intermediate grid.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -94,7 +94,7 @@ class StagedConservingUpsampler(nn.Module):
     def coarse_reach(self, fine_reach: int = 0) -> int:
         """Coarse cells on each side behind its output (stage by stage, last first)."""
         for stage in reversed(self.stages):
-            fine_reach = stage.coarse_reach(fine_reach)
+            fine_reach = cast(MassConservingConvTranspose2d, stage).coarse_reach(fine_reach)
         return fine_reach
 
     def forward(self, x: Tensor, fine_area: Tensor, periodic: bool = False) -> Tensor:
@@ -145,9 +145,10 @@ class TransposedConvUpsampler(nn.Module):
     def coarse_reach(self, fine_reach: int = 0) -> int:
         """Coarse cells on each side behind its output: stages and the convolutions between."""
         for i in reversed(range(len(self.stages))):
-            fine_reach = self.stages[i].coarse_reach(fine_reach)
+            fine_reach = cast(MassConservingConvTranspose2d, self.stages[i]).coarse_reach(
+                fine_reach)
             if i:
-                fine_reach += conv_reach(self.mix[i - 1])
+                fine_reach += conv_reach(cast(GridConv2d, self.mix[i - 1]))
         return fine_reach
 
     def forward(self, x: Tensor, periodic: bool = False) -> Tensor:

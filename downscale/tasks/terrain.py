@@ -121,8 +121,11 @@ class TerrainTask(TerrainDownscaler, L.LightningModule):  # type: ignore[misc]
         self.data_info: dict[str, Any] = {}
 
     def generate(self, batch: dict[str, Tensor], seed: int | None = None) -> Tensor:
-        """Generate the fine terrain of a batch (noise drawn from ``seed`` if given, else
-        from the global generator), unmasked: every fine cell of a valid coarse cell."""
+        """Generate the fine terrain of a batch, unmasked (every fine cell of a valid coarse cell).
+
+        Noise (with ``noise_channels``) is drawn from ``seed`` if given, else from torch's
+        global generator (training).
+        """
         area = batch["fine_area"].expand(batch["coarse"].shape[0], -1, -1, -1)
         periodic = bool(batch["periodic"].all()) if "periodic" in batch else False
         out: Tensor = self(batch["coarse"], batch["fine_area"], torch.ones_like(
