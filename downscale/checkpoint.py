@@ -1,8 +1,13 @@
 """Checkpoints of ``downscale fit``: read weights-only, check, build the model.
 
 One place for what a checkpoint is: :func:`read_checkpoint` reads its metadata without
-building anything, :func:`load_model` builds the model once per process. Used by
-``downscale run``, ``predict`` and the tasks.
+building anything; :func:`check_trained_for` refuses one trained for another factor,
+variable, units or covariates; :func:`build_model` builds the plain-torch model
+(:mod:`downscale.nn.models`) from its hyperparameters and weights, and :func:`load_model`
+does so once per process. Nothing here imports Lightning: the tasks' state dicts are the
+plain models' (the tasks inherit them), and a decoder saved as ``class_path``/``init_args``
+is built only from :mod:`downscale.nn` (:func:`instantiate`). Used by ``downscale run``,
+``predict`` and the tasks.
 """
 
 from __future__ import annotations

@@ -185,6 +185,8 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
         datamodule = getattr(self.trainer, "datamodule", None)
         self.data_info = take_training_stats(self.norm_mean, self.norm_std, datamodule) or (
             self.data_info)
+        if self.data_info.get("variable"):
+            self.variables = (str(self.data_info["variable"]),)
         covariate = getattr(datamodule, "covariate", None)
         if covariate is not None:
             self.covariate_mean.fill_(covariate.mean)
