@@ -1,9 +1,10 @@
 """Decoder options: the same conserving skeleton with different learnt upsamplers.
 
 Every decoder here has the signature of :class:`~downscale.nn.ConservingDecoder`
-(``channels``, ``factor``; ``forward(x, x_norm, fine_area, fine_valid, std, periodic)``), is
-chosen from YAML with ``class_path``/``init_args`` (``model.init_args.decoder``) and shares
-its structure::
+(``channels``, ``factor``; ``forward(x, x_norm, fine_area, fine_valid, std, periodic)``),
+states its own ``receptive_field()`` in coarse cells (:mod:`downscale.nn.reach`; the
+attention mitigation reads the whole field and says so), is chosen from YAML with
+``class_path``/``init_args`` (``model.init_args.decoder``) and shares its structure::
 
     x (physical) --conserving upsampler (phase-balanced, symmetric)--------> base
     [x_norm, valid] -> stem -> coarse trunk -> UPSAMPLER -> [dilated conv]

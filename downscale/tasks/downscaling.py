@@ -99,8 +99,9 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         decoder: Another decoder (``class_path``/``init_args`` in YAML), e.g. one of
-            :mod:`downscale.nn.decoders`: any module with a ``factor`` attribute and
-            ``forward(x, x_norm, fine_area, fine_valid, std, periodic)``. Its factor must
+            :mod:`downscale.nn.decoders`: any module with a ``factor`` attribute,
+            ``forward(x, x_norm, fine_area, fine_valid, std, periodic)`` and (for tiles)
+            ``receptive_field()``. Its factor must
             equal ``factor``. None builds :class:`~downscale.nn.ConservingDecoder` from the
             five arguments above, which are ignored otherwise.
         sobolev_weight: Weight of the Sobolev H1 penalty on the decoder's transposed
