@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: read by every Zarr reader; format 3 has no consolidated metadata in its specification.
 ZARR_FORMAT = 2
 _MARKED = ".chunks"
+#: NetCDF chunks hold at most this many bytes (one time step when a chunk would be larger).
+NETCDF_CHUNK_BYTES = 4 << 20
 #: Encoding keys only the NetCDF backend understands.
 _NETCDF_ONLY = ("zlib", "complevel", "shuffle", "chunksizes", "contiguous", "fletcher32",
                 "least_significant_digit", "endian", "source", "original_shape")
@@ -50,6 +52,19 @@ _NETCDF_ONLY = ("zlib", "complevel", "shuffle", "chunksizes", "contiguous", "fle
 def is_zarr(path: str | Path) -> bool:
     """Whether an output path names a Zarr store (it ends in ``.zarr``)."""
     return Path(path).suffix == ".zarr"
+
+
+def netcdf_chunks(shape: tuple[int, ...], time_chunk: int) -> tuple[int, ...]:
+    """NetCDF chunk shape: whole Dask chunks in time when small, else one step of <=1024^2."""
+    *lead, h, w = shape
+    spatial = (min(h, 1024), min(w, 1024))
+    if not lead:
+        return spatial
+    steps = min(time_chunk, lead[0])
+    if steps * spatial[0] * spatial[1] * 4 > NETCDF_CHUNK_BYTES:
+        steps = 1
+    return (steps, *spatial)
+
 
 
 class OutputWriter(Protocol):
@@ -78,9 +93,15 @@ class NetCDFWriter:
         template: The output Dataset; its data variable a lazy Dask array (not computed).
         variable: The data variable.
         final: The final path.
+        time_chunk: Time steps per write, for the NetCDF chunk shape (:func:`netcdf_chunks`;
+            zlib level 4 as the template's encoding says).
     """
 
-    def __init__(self, template: xr.Dataset, variable: str, final: Path) -> None:
+    def __init__(self, template: xr.Dataset, variable: str, final: Path,
+                 time_chunk: int = 1) -> None:
+        template = template.copy()
+        data = template[variable]
+        data.encoding["chunksizes"] = netcdf_chunks(data.shape, time_chunk)
         self.template, self.variable, self.final = template, variable, final
         self.tmp = temporary_path(final)
         self._nc: Any = None
@@ -164,7 +185,7 @@ class ZarrWriter:
         """Write the metadata (consolidated), or keep a temporary store a killed run left."""
         assert self.template is not None
         check_output_target(self.final, self.template)
-        if (self.tmp / ".zmetadata").is_file():
+        if self.markers.is_dir():  # made last: the store and its coordinates are complete
             log.info("Resuming %s: %d chunk(s) already written", self.final,
                      len(self.done()))
             return
@@ -179,7 +200,7 @@ class ZarrWriter:
             try:
                 ds.to_zarr(self.tmp, mode="w", compute=False, consolidated=True,
                            zarr_format=ZARR_FORMAT)
-                self.markers.mkdir(exist_ok=True)
+                self.markers.mkdir()
             except BaseException:
                 self.abort()
                 raise
@@ -223,7 +244,7 @@ def make_writer(template: xr.Dataset, variable: str, final: Path, time_chunk: in
     """The writer for ``final``: Zarr for a ``.zarr`` path, else NetCDF."""
     if is_zarr(final):
         return ZarrWriter(template, variable, final, time_chunk, tag)
-    return NetCDFWriter(template, variable, final)
+    return NetCDFWriter(template, variable, final, time_chunk)
 
 
 def _shaped(values: np.ndarray[Any, Any], dims: tuple[str, ...]) -> np.ndarray[Any, Any]:

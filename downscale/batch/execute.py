@@ -118,7 +118,7 @@ def write_netcdf_output(job: Job, plan: OutputPlan, hooks: Hooks) -> dict[str, A
 def _write_here(job: Job, plan: OutputPlan, hooks: Hooks, runner: Runner,
                 progress: Callable[[int], None]) -> dict[str, Any]:
     """Write one NetCDF output from here, its chunks computed by ``runner``."""
-    writer = NetCDFWriter(output_template(job, plan), job.variable, plan.path)
+    writer = NetCDFWriter(output_template(job, plan), job.variable, plan.path, job.time_chunk)
     writer.create()
     try:
         calls = [(job, plan.inputs, a, b, hooks) for a, b in plan.chunks(job.time_chunk)]

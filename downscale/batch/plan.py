@@ -27,8 +27,6 @@ from downscale.grid import horizontal_dims
 
 #: ``--time-chunk auto`` puts about this many bytes of fine output in a chunk.
 AUTO_CHUNK_BYTES = 16 << 20
-#: NetCDF chunks hold at most this many bytes (one time step when a chunk would be larger).
-NETCDF_CHUNK_BYTES = 4 << 20
 #: Output formats, by the suffix of their names.
 FORMATS = {"netcdf": ".nc", "zarr": ".zarr"}
 
@@ -120,23 +118,12 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
     return xr.Dataset(coords=coords, attrs=dict(coarse.attrs))
 
 
-def netcdf_chunks(shape: tuple[int, ...], time_chunk: int) -> tuple[int, ...]:
-    """NetCDF chunk shape: whole Dask chunks in time when small, else one step of <=1024^2."""
-    *lead, h, w = shape
-    spatial = (min(h, 1024), min(w, 1024))
-    if not lead:
-        return spatial
-    steps = min(time_chunk, lead[0])
-    if steps * spatial[0] * spatial[1] * 4 > NETCDF_CHUNK_BYTES:
-        steps = 1
-    return (steps, *spatial)
-
-
 def output_template(job: Job, plan: OutputPlan) -> xr.Dataset:
     """The complete output Dataset of ``plan``, its values a lazy array never computed.
 
     Coordinates, CF attributes (:func:`downscale.cf.downscaled_dataset`) and encoding are
-    final; a writer (:mod:`downscale.writers`) creates the output from it.
+    final; a writer (:mod:`downscale.writers`) creates the output from it and sets the
+    chunk shapes of its format.
     """
     import dask.array as dsa
 
@@ -150,8 +137,6 @@ def output_template(job: Job, plan: OutputPlan) -> xr.Dataset:
     ds = downscaled_dataset(values, grid, job.variable, dict(source.data.attrs),
                             factor=job.factor, checkpoint=job.checkpoint, history=job.history,
                             extra_attrs=job.attrs)
-    data = ds[job.variable]
-    data.encoding["chunksizes"] = netcdf_chunks(data.shape, job.time_chunk)
     return ds
 
 

@@ -5,7 +5,7 @@ sha256 (a Zarr store: of its files' names and contents), size, and the key of wh
 (:meth:`~downscale.batch.plan.OutputPlan.key`). A rerun skips the outputs whose content
 and record agree. Directories written before the record was renamed hold
 ``downscale_manifest.json`` (same format): it is read when there is no record, and replaced
-by the record at the first write. A lock file (``.downscale_run.lock``) keeps two runs from
+by the record when the directory is next locked. A lock file (``.downscale_run.lock``) keeps two runs from
 writing into one directory at once.
 """
 
@@ -88,7 +88,11 @@ class RunRecord:
                              hint="wait for it to finish or choose another output "
                                   "directory") from None
         legacy = self.directory / LEGACY_NAME
-        self.records = self._read(self.path if self.path.exists() else legacy)
+        if self.path.exists() or not legacy.exists():
+            self.records = self._read(self.path)
+        else:  # migrate: the same entries under the new name
+            self.records = self._read(legacy)
+            self._write()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,6 +116,9 @@ class RunRecord:
     def record(self, name: str, entry: dict[str, Any]) -> None:
         """Add one complete output to the record (written atomically)."""
         self.records[name] = entry
+        self._write()
+
+    def _write(self) -> None:
         text = json.dumps({"format": RECORD_FORMAT, "outputs": self.records}, indent=1,
                           sort_keys=True)
         tmp = self.directory / f".{RECORD_NAME}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
