@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import xarray as xr
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: Zarr stores are written in Zarr format 2: its consolidated metadata (``.zmetadata``) are
 #: read by every Zarr reader; format 3 has no consolidated metadata in its specification.
-ZARR_FORMAT = 2
+ZARR_FORMAT: Literal[2] = 2
 _MARKED = ".chunks"
 #: NetCDF chunks hold at most this many bytes (one time step when a chunk would be larger).
 NETCDF_CHUNK_BYTES = 4 << 20

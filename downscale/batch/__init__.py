@@ -18,5 +18,12 @@ from downscale.batch.execute import Hooks, Runner, compute_chunk
 from downscale.batch.plan import Job, OutputPlan
 from downscale.batch.record import RECORD_NAME, RunRecord
 
-__all__ = ["RECORD_NAME", "Hooks", "Job", "OutputPlan", "Runner", "RunRecord",
-           "compute_chunk"]
+__all__ = [
+           "RECORD_NAME",
+           "Hooks",
+           "Job",
+           "OutputPlan",
+           "RunRecord",
+           "Runner",
+           "compute_chunk",
+]

@@ -152,7 +152,8 @@ class Runner:
     def map(self, fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]]
             ) -> Iterator[tuple[tuple[Any, ...], Any]]:
         """``(args, fn(*args))`` for each call, in the order they finish."""
-        if self.client is None:
+        client = self.client
+        if client is None:
             for args in calls:
                 yield args, fn(*args)
             return
@@ -167,7 +168,7 @@ class Runner:
                 args = next(todo, None)
                 if args is None:
                     return
-                future = self.client.submit(fn, *args, pure=False)
+                future = client.submit(fn, *args, pure=False)
                 pending[future] = args
                 done.add(future)  # type: ignore[no-untyped-call]
             self.most_in_flight = max(self.most_in_flight, len(pending))
@@ -181,7 +182,7 @@ class Runner:
                 top_up()
                 yield args, result
         finally:
-            self.client.cancel(list(pending))
+            client.cancel(list(pending))
 
 
 def run_outputs(job: Job, plans: Sequence[OutputPlan], record: RunRecord, runner: Runner,

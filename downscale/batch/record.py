@@ -4,9 +4,9 @@
 sha256 (a Zarr store: of its files' names and contents), size, and the key of what made it
 (:meth:`~downscale.batch.plan.OutputPlan.key`). A rerun skips the outputs whose content
 and record agree. Directories written before the record was renamed hold
-``downscale_manifest.json`` (same format): it is read when there is no record, and replaced
-by the record when the directory is next locked. A lock file (``.downscale_run.lock``) keeps two runs from
-writing into one directory at once.
+``downscale_manifest.json`` (same format): it is read when there is no record, and
+replaced by the record when the directory is next locked. A lock file
+(``.downscale_run.lock``) keeps two runs from writing into one directory at once.
 """
 
 from __future__ import annotations

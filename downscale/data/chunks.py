@@ -58,6 +58,7 @@ class TimeChunkDataset(Dataset[Chunk]):
         row = index * self.chunk
         times = self.times[row:row + self.chunk]
         f, everything = self.source.factor, slice(None)
+        coarse: NDArray[np.floating]
         if self.coarse_source is not None:
             coarse = self.coarse_source.read(times, everything, everything)
         else:

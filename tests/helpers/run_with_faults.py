@@ -19,8 +19,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from downscale.batch.execute import POINTS, Hooks
 from downscale.batch.cli import main as run_main
+from downscale.batch.execute import POINTS, Hooks
 from downscale.main import _run_guarded
 
 
