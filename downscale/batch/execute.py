@@ -164,7 +164,8 @@ class Runner:
         done = as_completed()  # type: ignore[no-untyped-call]
 
         def top_up() -> None:
-            while len(pending) < self.window():
+            limit = self.window()  # asked each time: workers may join (or leave) late
+            while len(pending) < limit:
                 args = next(todo, None)
                 if args is None:
                     return
