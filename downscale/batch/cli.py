@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     """Run ``downscale run`` (see the module docstring); SIGTERM ends it cleanly.
 
     Args:
-        argv: The options (default: ``sys.argv[2:]`` as given to ``downscale run``).
+        argv: The options of ``downscale run`` (default: ``sys.argv[1:]``).
         hooks: Injected model loader and pauses (tests, benchmarks); default: none.
 
     Raises:

@@ -30,8 +30,9 @@ class TimeChunkDataset(Dataset[Chunk]):
     Each item holds ``coarse`` (``(T, h, w)`` float32, NaN = missing: the user's coarse
     file, or the conservative aggregate of the fine field's valid cells), the coarse
     ``y_bnds``/``x_bnds`` (``(h, 2)``, ``(w, 2)``), ``latlon``, ``tile_size`` (fine cells,
-    0 for whole fields), ``row`` (the chunk's first row in the output) and, for a model
-    trained with one, ``covariate`` (``(1, H, W)``).
+    0 for whole fields), ``row`` (the chunk's first row in the output), ``fine_valid``
+    (``(H, W)``: the fine cells that carry data, e.g. no land in an SST grid) and, for a
+    model trained with one, ``covariate`` (``(1, H, W)``).
 
     Args:
         source: The fine field (its grid is the output's).
@@ -69,7 +70,8 @@ class TimeChunkDataset(Dataset[Chunk]):
         item: Chunk = {"coarse": np.asarray(coarse, dtype=np.float32),
                        "y_bnds": coarse_bounds(ds[f"{ydim}_bnds"].values, f),
                        "x_bnds": coarse_bounds(ds[f"{xdim}_bnds"].values, f),
-                       "latlon": ydim == "lat", "tile_size": self.tile_size or 0, "row": row}
+                       "latlon": ydim == "lat", "tile_size": self.tile_size or 0, "row": row,
+                       "fine_valid": self.valid}
         if self.covariate is not None:
             item["covariate"] = self.covariate[None]
         return item
@@ -91,5 +93,6 @@ def downscale_chunk(model: torch.nn.Module, chunk: Chunk, factor: int) -> dict[s
                            array(chunk["x_bnds"]), factor,
                            tile_size=int(chunk["tile_size"]) or None,
                            latlon=bool(chunk["latlon"]),
-                           covariate=None if covariate is None else array(covariate))
+                           covariate=None if covariate is None else array(covariate),
+                           fine_valid=array(chunk["fine_valid"]).astype(bool))
     return {"prediction": fine, "row": int(chunk["row"])}
