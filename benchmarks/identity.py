@@ -18,6 +18,8 @@ from torch import Tensor, nn
 import downscale.checkpoint
 from downscale.batch.execute import Hooks
 from downscale.nn.conserving import block_repeat
+
+
 class IdentityModel(nn.Module):
     """Nearest upsampling, called like a :class:`~downscale.tasks.DownscalingTask`.
 
