@@ -1,6 +1,7 @@
 """Tiled, overlap-aware inference: a whole coarse field in, its downscaled field out.
 
-Pure numpy/torch (no Dask, no Lightning): :mod:`downscale.run` maps it over Dask chunks.
+Pure numpy/torch (no Dask, no Lightning): :mod:`downscale.batch` maps it over Dask chunks,
+``downscale predict`` over time chunks (:mod:`downscale.data.chunks`).
 
 Tiles and halo
     The coarse field is cut into tiles of ``tile_size`` fine cells (whole coarse cells).
