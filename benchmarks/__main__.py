@@ -7,10 +7,11 @@ Usage::
 
 Sections (each a module with ``run(size, workdir) -> dict`` and ``markdown(dict) -> str``):
 ``layer`` (conserving layer vs ``torch.nn.ConvTranspose2d``), ``batch`` (``downscale run``
-vs the I/O floor, vs CDO, scaling), ``training`` (data loading vs the model's step rate,
-DDP 2 vs 1). Inputs are generated in a temporary folder and deleted afterwards. The GPU
-section runs the layer comparison on CUDA when a GPU is present and otherwise says it was
-not measured.
+vs the I/O floor, NetCDF vs Zarr, vs CDO, scaling), ``training`` (data loading vs the
+model's step rate, DDP 2 vs 1), ``startup`` (``downscale run`` on a small file vs the import
+floor). Inputs are generated in a temporary folder and deleted afterwards. The GPU section
+runs the layer comparison on CUDA when a GPU is present and otherwise says it was not
+measured.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ SECTIONS = {
     "batch": ("Batch inference: `downscale run` vs the I/O floor, CDO, and scaling",
               "benchmarks.batch"),
     "training": ("Training: data loading vs the model, DDP 2 vs 1", "benchmarks.training"),
+    "startup": ("Start-up: `downscale run` on a small file vs the import floor",
+                "benchmarks.startup"),
 }
 SIZES = ("small", "medium", "large")
 
@@ -122,6 +125,11 @@ def targets(sections: dict[str, Any]) -> list[tuple[str, str, float, bool]]:
         per_step = batch["scaling"]["per_step_ratio"]
         rows.append(("`run` time linear in the input", "time per step 16x / 1x", per_step,
                      per_step <= 1.2))
+    startup = sections.get("startup", {})
+    if "time_ratio" in startup:
+        ratio = startup["time_ratio"]
+        rows.append(("`run` start-up at most 1.5x `import torch, xarray, dask.array`",
+                     "wall time, small file / import floor", ratio, ratio <= 1.5))
     if "loading" in training:
         ratio = training["loading"]["ratios"]["loader_over_model"]
         rows.append(("loader at least 3x the model's consumption",

@@ -7,6 +7,8 @@ Three sections, measured in one run on one generated input (:func:`run`):
    and code path), and against the stages alone: reading the chunks, the model on arrays
    in memory, writing precomputed chunks. In this process (``--workers 0``) and on a
    LocalCluster of 2 single-threaded workers, started here as ``downscale run`` starts it.
+   The same run to a Zarr store (``--output x.zarr``: the workers write their chunks)
+   against NetCDF (this process writes them).
 2. **CDO**: ``cdo remapbil`` / ``remapbic`` / ``remapcon`` to the same fine grid, as
    subprocesses next to ``downscale run`` subprocesses (all include start-up).
 3. **Scaling**: ``downscale run`` (joining 2 warm workers) on 1x, 4x and 16x the time
@@ -48,14 +50,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+import downscale.batch.cli
 import downscale.checkpoint
-import downscale.run
 from benchmarks import checkout_env
-from benchmarks.identity import identity_model
+from benchmarks.identity import IDENTITY_HOOKS
 from benchmarks.inputs import VARIABLE, write_field
 from benchmarks.timing import interleaved, median, median_seconds, wall_seconds
 from downscale.inference import downscale_field, fine_bounds, fine_cell_areas
 from downscale.testing import ProcessUsage, measure_process, peak_rss
+from downscale.writers import NetCDFWriter
 
 FACTOR = 4
 #: LocalCluster workers of the distributed runs (one thread each, as ``downscale run``).
@@ -198,10 +201,11 @@ def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
 
     Each is the median of ``size.repeats`` calls after a warm-up (read: of 3). ``read``: the
     chunks through :class:`~downscale.data.source.FieldSource` (the page cache is warm, as
-    it is for the runs); ``write``: precomputed fine chunks through
-    :func:`downscale.run.write_output` (same encoding, atomic write and verification).
+    it is for the runs); ``write``: precomputed fine chunks through the run's
+    :class:`~downscale.writers.NetCDFWriter` (same encoding, atomic write and verification).
     Compute alone is timed with the runs (:func:`io_floor_run`).
     """
+    from downscale.batch.plan import Job, OutputPlan, output_template
     from downscale.data.source import FieldSource
 
     info = downscale.checkpoint.read_checkpoint(checkpoint)
@@ -214,16 +218,20 @@ def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
 
     # One chunk's nearest upsampling, handed out for every chunk: memory stays one chunk.
     block = data.values[:size.time_chunk].repeat(FACTOR, axis=1).repeat(FACTOR, axis=2)
-    job = downscale.run.Job(
+    job = Job(
         checkpoint=info.path, checkpoint_sha256=info.sha256, variable=VARIABLE, factor=FACTOR,
         tile_size=None, halo=None, time_chunk=size.time_chunk, device="cpu",
         history="benchmark",
         attrs={"downscale_config": json.dumps(info.config, sort_keys=True)})
-    plan = downscale.run.OutputPlan(workdir / "write_alone.nc", (str(data.path),), 0,
-                                    len(data.values), "benchmark")
+    plan = OutputPlan(workdir / "write_alone.nc", (str(data.path),), 0, len(data.values),
+                      "benchmark")
 
     def write() -> None:
-        downscale.run.write_output(job, plan, lambda a, b: block[: b - a])
+        writer = NetCDFWriter(output_template(job, plan), VARIABLE, plan.path, size.time_chunk)
+        writer.create()
+        for a, b in chunks:
+            writer.write(a, b, block[: b - a])
+        writer.finish()
 
     seconds = {"read": median_seconds(read, 3), "write": median_seconds(write, size.repeats)}
     plan.path.unlink(missing_ok=True)
@@ -290,26 +298,33 @@ def io_floor_run(checkpoint: Path, data: Input, size: Size, workdir: Path,
     workers = 0 if client is None else len(client.nthreads())
     extra = ["--workers", "0"] if client is None else ["--scheduler", client.scheduler.address]
     model_out, identity_out = workdir / f"run_w{workers}.nc", workdir / f"identity_w{workers}.nc"
+    zarr_out = workdir / f"run_w{workers}.zarr"
     compute = compute_alone(checkpoint, data, size, client)
 
-    def model_run() -> float:
-        return wall_seconds(lambda: downscale.run.main(run_argv(checkpoint, data.path, model_out,
-                                                         size.time_chunk, *extra)))
-
-    def identity_run() -> float:
-        with identity_model(client):  # swapping the model in is not timed
-            return wall_seconds(lambda: downscale.run.main(run_argv(
-                checkpoint, data.path, identity_out, size.time_chunk, *extra)))
+    def timed_run(output: Path, hooks: Any = None) -> Callable[[], float]:
+        argv = run_argv(checkpoint, data.path, output, size.time_chunk, *extra)
+        return lambda: wall_seconds(lambda: downscale.batch.cli.main(argv, hooks=hooks))
 
     # The steps take turns, so that load from the machine's other users falls on all alike.
     times = interleaved({"compute": functools.partial(wall_seconds, compute),
-                         "run": model_run, "identity": identity_run}, size.repeats)
+                         "run": timed_run(model_out), "zarr": timed_run(zarr_out),
+                         "identity": timed_run(identity_out, IDENTITY_HOOKS)}, size.repeats)
     seconds = {name: median(t) for name, t in times.items()}
     row = _floor_row(workers, seconds["run"], seconds["identity"],
                      {**io_stages, "compute": seconds["compute"]}, data)
     row["conservation_max_rel"] = max_conservation_error(model_out, data)
     row["identity_is_block_repeat"] = is_block_repeat(identity_out, data)
+    row.update(zarr_s=seconds["zarr"], zarr_over_netcdf=seconds["zarr"] / seconds["run"],
+               zarr_equals_netcdf=_same_values(zarr_out, model_out))
     return row
+
+
+def _same_values(store: Path, netcdf: Path) -> bool:
+    """Whether a Zarr store and a NetCDF file hold the same values of the variable."""
+    import xarray as xr
+
+    with xr.open_zarr(store) as a, xr.open_dataset(netcdf) as b:
+        return bool(np.array_equal(a[VARIABLE].values, b[VARIABLE].values, equal_nan=True))
 
 
 #: Below this share of the slowest stage, the other stages are too short for their overlap
@@ -415,7 +430,7 @@ def scaling_section(checkpoint: Path, data: Input, size: Size, workdir: Path, cl
                         client.scheduler.address)
         before = psutil.Process().memory_info().rss
         with peak_rss(lambda: processes) as peaks:
-            seconds = wall_seconds(functools.partial(downscale.run.main, argv))
+            seconds = wall_seconds(functools.partial(downscale.batch.cli.main, argv))
         out.unlink()
         if multiple > 1:
             path.unlink()
@@ -450,7 +465,7 @@ def run(size: str, workdir: Path, *, keep_outputs: bool = False) -> dict[str, An
     data = read_input(path)
     checkpoint = fit_checkpoint(path, workdir / "fit")
     io_stages = stage_seconds(checkpoint, data, spec, workdir)
-    with downscale.run.dask_client(None, WORKERS, "auto") as client:
+    with downscale.batch.cli.dask_client(None, WORKERS, "auto") as client:
         # Joined with --scheduler so that the model can be swapped in the workers; warm,
         # so that neither the cluster's start nor the model's first load is counted.
         _warm_workers(client, checkpoint)
@@ -471,6 +486,8 @@ def run(size: str, workdir: Path, *, keep_outputs: bool = False) -> dict[str, An
     if not keep_outputs:
         for leftover in [path, *workdir.glob("run_w*.nc"), *workdir.glob("identity_w*.nc")]:
             leftover.unlink(missing_ok=True)
+        for store in workdir.glob("run_w*.zarr"):
+            shutil.rmtree(store)
         shutil.rmtree(workdir / "fit", ignore_errors=True)
     return result
 
@@ -522,6 +539,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"{OVERLAP_RESOLUTION:.0%} of compute (the run is compute-bound and the overlap "
         "cannot be told from noise). Workers 0 runs in one process, so its stages follow "
         "one another; with workers the chunks are computed while this process writes.",
+        _table(["workers", "NetCDF run (s)", "Zarr run (s)", "Zarr / NetCDF", "same values"],
+               [[r["workers"], r["run_s"], r["zarr_s"], r["zarr_over_netcdf"],
+                 "yes" if r["zarr_equals_netcdf"] else "**no**"] for r in floor["runs"]]),
+        "NetCDF: this process writes each chunk as it arrives (HDF5 takes one writer); Zarr "
+        "(`--output x.zarr`): each chunk is written into the store by the process that "
+        "computed it, and the store is consolidated and renamed at the end.",
         f"### Against CDO ({result['size']})",
     ]
     if cdo["status"] != "measured":

@@ -2,28 +2,22 @@
 
 :class:`IdentityModel` block-repeats each coarse value into its ``factor x factor`` fine
 cells (nearest upsampling), which conserves mass trivially and costs next to nothing, so a
-run with it times reading, checking, encoding and writing alone. :func:`identity_model`
-swaps it in for :func:`downscale.checkpoint.load_model` in this process and, through
-``client.run``, in every Dask worker; the rest of the run (chunks, tiles, encoding, the
-atomic write) is the product's own code path, unchanged.
+run with it times reading, checking, encoding and writing alone. :data:`IDENTITY_HOOKS`
+injects it as the run's model loader (:class:`downscale.batch.execute.Hooks`), here and,
+pickled with each task, in every Dask worker; the rest of the run (chunks, tiles, encoding,
+the atomic write) is the product's own code path, unchanged. Nothing is monkeypatched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import downscale.checkpoint
-import downscale.run
+from downscale.batch.execute import Hooks
 from downscale.nn.conserving import block_repeat
-
-#: ``downscale.checkpoint.load_model`` as it was before :func:`install` replaced it.
-_ORIGINAL: dict[str, Callable[..., Any]] = {}
 
 
 class IdentityModel(nn.Module):
@@ -59,32 +53,5 @@ def _identity_loader(checkpoint: str, sha256: str, device: str = "cpu",
     return IdentityModel(downscale.checkpoint.read_checkpoint(checkpoint).factor).eval()
 
 
-def install() -> None:
-    """Make ``downscale.run`` load the identity model in this process (idempotent)."""
-    _ORIGINAL.setdefault("load_model", downscale.checkpoint.load_model)
-    downscale.checkpoint.load_model = _identity_loader  # type: ignore[assignment]
-
-
-def uninstall() -> None:
-    """Restore the real :func:`downscale.checkpoint.load_model` in this process."""
-    if "load_model" in _ORIGINAL:
-        downscale.checkpoint.load_model = _ORIGINAL.pop("load_model")  # type: ignore[assignment]
-
-
-@contextlib.contextmanager
-def identity_model(client: Any | None = None) -> Iterator[None]:
-    """Within the block, ``downscale run`` uses the identity model here and on ``client``.
-
-    Args:
-        client: A ``distributed.Client`` whose workers run the chunks, or None (in-process
-            runs only). Workers that join later keep the real model.
-    """
-    install()
-    if client is not None:
-        client.run(install)
-    try:
-        yield
-    finally:
-        if client is not None:
-            client.run(uninstall)
-        uninstall()
+#: ``downscale.batch.cli.main(argv, hooks=IDENTITY_HOOKS)`` runs with the identity model.
+IDENTITY_HOOKS = Hooks(load_model=_identity_loader)

@@ -1,6 +1,7 @@
 """Tiled, overlap-aware inference: a whole coarse field in, its downscaled field out.
 
-Pure numpy/torch (no Dask, no Lightning): :mod:`downscale.run` maps it over Dask chunks.
+Pure numpy/torch (no Dask, no Lightning): :mod:`downscale.batch` maps it over Dask chunks,
+``downscale predict`` over time chunks (:mod:`downscale.data.chunks`).
 
 Tiles and halo
     The coarse field is cut into tiles of ``tile_size`` fine cells (whole coarse cells).
@@ -195,7 +196,8 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
                     factor: int, *, tile_size: int | None = None, periodic: bool | None = None,
                     latlon: bool = True, halo: int | None = None,
                     batch_cells: int = DEFAULT_BATCH_CELLS,
-                    covariate: NDArray[np.floating] | None = None) -> NDArray[np.float32]:
+                    covariate: NDArray[np.floating] | None = None,
+                    fine_valid: NDArray[np.bool_] | None = None) -> NDArray[np.float32]:
     """Downscale whole coarse fields, tile by tile with halos, exactly conservatively.
 
     Args:
@@ -219,6 +221,9 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
         covariate: Static ``(C, h * factor, w * factor)`` covariate on the fine grid for a
             model trained with one (passed as ``model(..., covariate=...)``, each tile its
             own part), or None.
+        fine_valid: Static ``(h * factor, w * factor)`` mask of the fine cells that carry
+            data (e.g. ocean cells of an SST grid), or None: every fine cell of a valid
+            coarse cell. A coarse cell's mass goes to its valid fine cells only.
 
     Returns:
         ``(T, h * factor, w * factor)`` float32 fine values, NaN where the coarse cell is
@@ -252,8 +257,10 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
     extra: dict[str, Tensor] = {}
     with torch.inference_mode():
         for tile in tiles:
+            rows, cols = _fine_indices(tile.rows, factor), _fine_indices(tile.cols, factor)
+            tile_mask = None if fine_valid is None else torch.from_numpy(
+                np.ascontiguousarray(fine_valid[rows][:, cols])).to(device)
             if covariate is not None:
-                rows, cols = _fine_indices(tile.rows, factor), _fine_indices(tile.cols, factor)
                 extra["covariate"] = torch.from_numpy(np.ascontiguousarray(
                     covariate[:, rows][:, :, cols])).to(device, dtype)[None]
             tile_area = torch.from_numpy(fine_cell_areas(
@@ -269,6 +276,8 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
                 x = torch.from_numpy(np.ascontiguousarray(tile_coarse[t0:t0 + steps, None]))
                 x = x.to(device, dtype)
                 valid = block_repeat(torch.isfinite(x), factor)
+                if tile_mask is not None:
+                    valid = valid & tile_mask
                 if extra:
                     extra["covariate"] = extra["covariate"][:1].expand(x.shape[0], -1, -1, -1)
                 y: Tensor = model(x, tile_area[None, None], valid, tile.periodic, **extra)

@@ -17,6 +17,7 @@ import datetime as _dt
 import difflib
 import errno
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -642,43 +643,89 @@ def write_netcdf(ds: xr.Dataset, path: PathLike, *, verify: bool = True) -> Path
             full.
     """
     final = Path(path)
-    directory = final.parent
-    names = ", ".join(sorted(map(str, ds.data_vars))) or None
+    check_output_target(final, ds)
+    tmp = temporary_path(final)
+    with output_errors(final, tmp, ds), _removed_on_error(tmp):
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+        commit_output(tmp, final, ds if verify else None)
+    return final
+
+
+def _names(ds: xr.Dataset) -> str | None:
+    return ", ".join(sorted(map(str, ds.data_vars))) or None
+
+
+def check_output_target(final: Path, ds: xr.Dataset) -> None:
+    """Check that ``final`` can be written: its directory exists and is writable.
+
+    Raises:
+        InputError: The directory is missing or not writable, or ``final`` is a directory.
+    """
+    directory, names = final.parent, _names(ds)
     if not directory.is_dir():
         raise InputError(f"output directory {directory} does not exist", path=final,
                          variable=names, hint="create it first or choose another output path")
     if not os.access(directory, os.W_OK):
         raise InputError(f"output directory {directory} is not writable", path=final,
                          variable=names, hint="choose a writable output path")
-    if final.is_dir():
+    if final.is_dir() and final.suffix != ".zarr":
         raise InputError("the output path is a directory", path=final, variable=names,
                          hint="give a file name ending in .nc")
-    tmp = directory / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def temporary_path(final: Path, tag: str | None = None) -> Path:
+    """The temporary name of ``final`` while it is written: same directory, hidden.
+
+    ``.<name>.<tag>.tmp``; the tag defaults to this process and a random suffix (a
+    resumable output passes a stable one). Stale ones match ``.<name>.*.tmp``.
+    """
+    tag = tag or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return final.parent / f".{final.name}.{tag}.tmp"
+
+
+@contextlib.contextmanager
+def output_errors(final: Path, tmp: Path, ds: xr.Dataset) -> Iterator[None]:
+    """Turn a full disk or a refused write into an :class:`InputError` (one line)."""
     try:
-        with _removed_on_error(tmp):
-            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            if verify:
-                _verify_written(ds, tmp)
-            os.replace(tmp, final)
+        yield
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise InputError(f"cannot write the file ({_reason(exc, tmp)})", path=final,
-                             variable=names, hint="check the free space and permissions of "
-                             "the output directory") from exc
+                             variable=_names(ds), hint="check the free space and "
+                             "permissions of the output directory") from exc
         raise
+
+
+def commit_output(tmp: Path, final: Path, verify: xr.Dataset | None = None) -> None:
+    """Make a complete temporary output durable and give it its final name, atomically.
+
+    Args:
+        tmp: The temporary NetCDF file, or Zarr store (a directory).
+        final: The final path. An existing Zarr store there is replaced.
+        verify: Reopen ``tmp`` and check that it holds these variables and shapes first.
+    """
+    for file in (tmp.rglob("*") if tmp.is_dir() else [tmp]):
+        if file.is_file():
+            with open(file, "rb+") as handle:
+                os.fsync(handle.fileno())
+    if verify is not None:
+        _verify_written(verify, tmp)
+    if tmp.is_dir() and final.is_dir():  # a directory cannot be replaced in one rename
+        old = temporary_path(final, "replaced")
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
     with contextlib.suppress(OSError):  # make the rename itself durable where possible
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    return final
 
 
 def _verify_written(ds: xr.Dataset, tmp: Path) -> None:
-    with xr.open_dataset(tmp, engine="netcdf4", decode_times=False) as check:
+    engine = "zarr" if tmp.is_dir() else "netcdf4"
+    with xr.open_dataset(tmp, engine=engine, decode_times=False) as check:
         missing = set(map(str, ds.data_vars)) - set(map(str, check.data_vars))
         wrong = [str(v) for v in ds.data_vars if str(v) in check.data_vars
                  and check[v].shape != ds[v].shape]
@@ -692,8 +739,15 @@ def _removed_on_error(path: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        path.unlink(missing_ok=True)
+        remove_output(path)
         raise
+
+
+def remove_output(path: Path) -> None:
+    """Delete a (temporary) output: a NetCDF file or a Zarr store; nothing if absent."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    path.unlink(missing_ok=True)
 
 
 def make_output_folder(path: PathLike) -> Path:

@@ -23,7 +23,8 @@ from downscale.errors import DownscaleError
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("downscale.demo", "train on embedded real data, write a NetCDF and a map"),
     "check": ("downscale.check", "audit a coarse/fine NetCDF pair for mass conservation"),
-    "run": ("downscale.run", "downscale coarse NetCDF files with a checkpoint (Dask, resumable)"),
+    "run": ("downscale.batch.cli",
+            "downscale coarse NetCDF files with a checkpoint (Dask, resumable; NetCDF, Zarr)"),
     "compare": ("downscale.compare", "train decoder variants alike, tabulate skill and artifacts"),
 }
 LIGHTNING_COMMANDS = {

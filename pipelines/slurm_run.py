@@ -15,7 +15,10 @@ Example (8 jobs of 4 single-threaded CPU workers each; everything after ``--`` g
 One worker per GPU, with one thread and 8 booked CPUs (for reading and writing):
 ``--cores 1 --processes 1 --job-cpu 8 --job-extra=--gres=gpu:1`` and
 ``-- --device cuda ...``. ``--dry-run`` prints the job script and submits nothing. The run
-is resumable: start the same command again after a time-out; it skips the finished files.
+is resumable: start the same command again after a time-out; it skips the finished outputs
+(``downscale_run_record.json``). With ``-- ... --output /scratch/tas_fine.zarr`` (or
+``--output-dir DIR --format zarr``) each worker writes the chunks it computes into a Zarr
+store, and a rerun after a time-out computes only the chunks that are missing.
 """
 
 from __future__ import annotations

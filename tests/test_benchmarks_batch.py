@@ -54,6 +54,8 @@ def test_io_floor_figures_and_outputs(small: tuple[dict, str, Path]) -> None:
         assert _positive(row["run_s"], row["identity_s"], row["run_cells_per_s"],
                          row["identity_cells_per_s"], row["ratio_to_slower"])
         assert row["identity_is_block_repeat"] and row["conservation_max_rel"] < 1e-5
+        # The same run to a Zarr store: the same values.
+        assert _positive(row["zarr_s"], row["zarr_over_netcdf"]) and row["zarr_equals_netcdf"]
         # The identity run's output is exactly the input repeated into 4 x 4 blocks ...
         (identity,) = _read(work / f"identity_w{row['workers']}.nc", "tas")
         np.testing.assert_array_equal(identity, coarse.repeat(FACTOR, 1).repeat(FACTOR, 2))
@@ -62,6 +64,7 @@ def test_io_floor_figures_and_outputs(small: tuple[dict, str, Path]) -> None:
         assert fine.shape == identity.shape and np.isfinite(fine).all()
         assert_mass_conserved(fine, coarse, area, FACTOR, rtol=1e-5)
     assert "### Batch inference" in text and "| workers |" in text
+    assert "| Zarr run (s) |" in text
 
 
 def test_cdo_section_measured_or_says_why(small: tuple[dict, str, Path]) -> None:
@@ -88,3 +91,17 @@ def test_scaling_rows(small: tuple[dict, str, Path]) -> None:
                          row["peak_main_mib"], row["peak_worker_mib"])
     assert _positive(scaling["per_step_ratio"], scaling["peak_total_ratio"])
     assert "### Scaling" in text
+
+
+def test_startup_section(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--size", "small",
+                           "--output", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for name in ("floor", "run"):
+        assert _positive(result[name]["seconds"], result[name]["peak_rss_mib"])
+    assert _positive(result["time_ratio"], result["rss_ratio"])
+    assert "| import floor |" in done.stdout and "| downscale run |" in done.stdout

@@ -1,5 +1,7 @@
-"""Fault injection for ``downscale run``: SIGKILL and SIGTERM at named points, then a rerun;
-two runs on one output directory. (kill -9 while computing is in test_run.py.)"""
+"""Fault injection for ``downscale run``: SIGKILL and SIGTERM at named points, then a rerun,
+for NetCDF and Zarr outputs; two runs on one output directory. (kill -9 while computing is
+in test_run.py.) The runs are real processes started through ``tests.helpers.run_with_faults``,
+which passes the pauses to :func:`downscale.batch.cli.main` as injected hooks."""
 
 from __future__ import annotations
 
@@ -16,24 +18,36 @@ import pytest
 import xarray as xr
 from conftest import ROOT, VARIABLE
 
-from downscale.run import CHUNK_DELAY_ENV, MANIFEST_NAME, PAUSE_ENV
+from downscale.batch import RECORD_NAME
 
 #: Subprocesses run this checkout's package with one torch thread.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def _args(checkpoint: Path, coarse: Path, outdir: Path) -> list[str]:
-    return [sys.executable, "-m", "downscale", "run", "--checkpoint", str(checkpoint),
-            "--input", str(coarse), "--output-dir", str(outdir), "--time-block", "6",
+def _args(checkpoint: Path, coarse: Path, outdir: Path, fmt: str = "netcdf",
+          *pauses: str) -> list[str]:
+    """``downscale run`` (through the fault-injecting entry when pauses are given)."""
+    entry = ["tests.helpers.run_with_faults", *(f"--pause={p}" for p in pauses), "--"] if (
+        pauses) else ["downscale", "run"]
+    return [sys.executable, "-m", *entry, "--checkpoint", str(checkpoint), "--input",
+            str(coarse), "--output-dir", str(outdir), "--time-block", "6", "--format", fmt,
             "--workers", "0", "--time-chunk", "1", "--no-progress"]
 
 
+def _finals(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory)
+                  if n.endswith((".nc", ".zarr")) and n[0] != ".")
+
+
+def _open(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path) if path.suffix == ".zarr" else xr.open_dataset(path)
+
+
 def _values(directory: Path) -> np.ndarray[Any, Any]:
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".nc") and n[0] != ".")
     parts = []
-    for name in names:
-        with xr.open_dataset(directory / name) as ds:
+    for name in _finals(directory):
+        with _open(directory / name) as ds:
             parts.append(ds[VARIABLE].values)
     return np.concatenate(parts)
 
@@ -55,21 +69,23 @@ def expected(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path,
     """The values of an uninterrupted run."""
     outdir = tmp_path_factory.mktemp("uninterrupted")
     subprocess.run(_args(checkpoint, coarse_nc, outdir), env=ENV, check=True, timeout=300,
-                   capture_output=True)
+                   capture_output=True, cwd=ROOT)
     return _values(outdir)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["netcdf", "zarr"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 @pytest.mark.parametrize("point", ["read", "writing", "renamed"])
 def test_interrupted_run_then_rerun_gives_the_uninterrupted_files(
-        point: str, sig: signal.Signals, checkpoint: Path, coarse_nc: Path, tmp_path: Path,
-        expected: np.ndarray[Any, Any]) -> None:
+        point: str, sig: signal.Signals, fmt: str, checkpoint: Path, coarse_nc: Path,
+        tmp_path: Path, expected: np.ndarray[Any, Any]) -> None:
     outdir = tmp_path / "out"
-    hook = {CHUNK_DELAY_ENV: "0.5"} if point == "writing" else {PAUSE_ENV: f"{point}:30"}
-    proc = subprocess.Popen(_args(checkpoint, coarse_nc, outdir), env={**ENV, **hook},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = outdir / f"{VARIABLE}_000000-000005.nc"
+    pause = "computed:0.5" if point == "writing" else f"{point}:30"
+    proc = subprocess.Popen(_args(checkpoint, coarse_nc, outdir, fmt, pause), env=ENV,
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    first = outdir / f"{VARIABLE}_000000-000005{'.zarr' if fmt == 'zarr' else '.nc'}"
     try:
         if point == "renamed":  # the first file renamed, the manifest not yet written
             _wait_for(proc, first.exists)
@@ -82,28 +98,64 @@ def test_interrupted_run_then_rerun_gives_the_uninterrupted_files(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if sig == signal.SIGTERM:  # a clean exit: status 143, its temporary removed
+    if sig == signal.SIGTERM:  # a clean exit: status 143
         assert proc.returncode == 143, stderr[-2000:]
-        assert not _temporaries(outdir), _temporaries(outdir)
+        if fmt == "netcdf":  # its temporary removed
+            assert not _temporaries(outdir), _temporaries(outdir)
+        else:  # a Zarr store and its chunk markers kept for the rerun to resume
+            assert all(".zarr." in n for n in _temporaries(outdir)), _temporaries(outdir)
     else:
         assert proc.returncode == -signal.SIGKILL
-    for name in os.listdir(outdir):  # a final name holds a complete file or nothing
-        if name.endswith(".nc") and name[0] != ".":
-            with xr.open_dataset(outdir / name) as ds:
-                assert ds[VARIABLE].shape[0] == 6
-    rerun = subprocess.run(_args(checkpoint, coarse_nc, outdir), env=ENV, timeout=300,
+    for name in _finals(outdir):  # a final name holds a complete output or nothing
+        with _open(outdir / name) as ds:
+            assert ds[VARIABLE].shape[0] == 6
+            assert not np.isnan(ds[VARIABLE].values).all(axis=(1, 2)).any()
+    rerun = subprocess.run(_args(checkpoint, coarse_nc, outdir, fmt), env=ENV, timeout=300,
                            capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert not _temporaries(outdir)
-    assert (outdir / MANIFEST_NAME).is_file()
+    assert (outdir / RECORD_NAME).is_file()
+    np.testing.assert_array_equal(_values(outdir), expected)
+
+
+@pytest.mark.slow
+def test_killed_zarr_run_resumes_with_the_missing_chunks_only(
+        checkpoint: Path, coarse_nc: Path, tmp_path: Path,
+        expected: np.ndarray[Any, Any]) -> None:
+    from downscale.batch.cli import main as run_main
+    from downscale.batch.execute import Hooks
+
+    outdir = tmp_path / "out"
+    args = _args(checkpoint, coarse_nc, outdir, "zarr", "computed:0.3")
+    proc = subprocess.Popen(args, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def markers() -> list[str]:
+        dirs = [outdir / n for n in _temporaries(outdir) if n.endswith(".chunks.tmp")]
+        return [m.name for d in dirs if d.is_dir() for m in d.iterdir()]
+
+    try:
+        _wait_for(proc, lambda: outdir.is_dir() and len(markers()) >= 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = len(markers())
+    assert 3 <= done < 12
+    computed: list[str] = []
+    run_main(args[args.index("--") + 1:], hooks=Hooks(pause=computed.append))
+    assert computed.count("computed") == 12 - done  # one time step per chunk
+    assert not _temporaries(outdir)
     np.testing.assert_array_equal(_values(outdir), expected)
 
 
 def test_two_runs_on_one_directory(checkpoint: Path, coarse_nc: Path, tmp_path: Path,
                                    expected: np.ndarray[Any, Any]) -> None:
     outdir = tmp_path / "shared"
-    first = subprocess.Popen(_args(checkpoint, coarse_nc, outdir),
-                             env={**ENV, PAUSE_ENV: "renamed:12"}, stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(_args(checkpoint, coarse_nc, outdir, "netcdf", "renamed:12"),
+                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:  # the first run holds the lock, paused after writing its first file
         _wait_for(first, (outdir / f"{VARIABLE}_000000-000005.nc").exists)

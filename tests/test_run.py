@@ -24,14 +24,16 @@ import torch
 import xarray as xr
 from conftest import N_TIME, VARIABLE, fit_tiny
 
+import downscale.batch.cli
 import downscale.checkpoint
-import downscale.run
 from downscale import __version__
+from downscale.batch import RECORD_NAME
+from downscale.batch.execute import Runner
+from downscale.checkpoint import file_sha256
 from downscale.errors import CheckpointError, InputError
 from downscale.grid import cell_areas
 from downscale.main import main as cli_main
 from downscale.metrics import conservation_error
-from downscale.run import CHUNK_DELAY_ENV, MANIFEST_NAME, file_sha256
 from downscale.testing import measure_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _run(*args: str | Path) -> None:
-    downscale.run.main([str(a) for a in args])
+    downscale.batch.cli.main([str(a) for a in args])
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +148,84 @@ def test_one_output_per_input_and_joined_inputs(reference: Path, checkpoint: Pat
     np.testing.assert_array_equal(_values(tmp_path / "joined.nc"), _values(reference))
 
 
+def test_zarr_output_equals_netcdf_with_the_same_cf_attributes(
+        reference: Path, checkpoint: Path, coarse_nc: Path, tmp_path: Path) -> None:
+    store = tmp_path / "fine.zarr"
+    _run("--checkpoint", checkpoint, "--input", coarse_nc, "--output", store, "--workers", "0",
+         *CHUNK)
+    assert (store / ".zmetadata").is_file()  # consolidated
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    with xr.open_zarr(store) as got, xr.open_dataset(reference) as want:
+        np.testing.assert_array_equal(got[VARIABLE].values, want[VARIABLE].values)
+        for name in want.variables:
+            assert got[name].attrs == want[name].attrs, name
+        assert got[VARIABLE].encoding["_FillValue"] == want[VARIABLE].encoding["_FillValue"]
+        assert got.attrs.keys() == want.attrs.keys()
+        assert {k: v for k, v in got.attrs.items() if k != "history"} == {
+            k: v for k, v in want.attrs.items() if k != "history"}
+        xr.testing.assert_identical(got.drop_vars(VARIABLE).drop_attrs(),
+                                    want.drop_vars(VARIABLE).drop_attrs())
+    # --output-dir with --format zarr: one store per block, the same values.
+    _run("--checkpoint", checkpoint, "--input", coarse_nc, "--output-dir", tmp_path / "blocks",
+         "--time-block", "5", "--format", "zarr", "--workers", "0", *CHUNK)
+    names = sorted(n for n in os.listdir(tmp_path / "blocks") if n.endswith(".zarr"))
+    assert names == [f"{VARIABLE}_000000-000004.zarr", f"{VARIABLE}_000005-000009.zarr",
+                     f"{VARIABLE}_000010-000011.zarr"]
+    parts = []
+    for name in names:
+        with xr.open_zarr(tmp_path / "blocks" / name) as part:
+            parts.append(part[VARIABLE].values)
+    np.testing.assert_array_equal(np.concatenate(parts), _values(reference))
+
+
+def test_format_applies_to_output_dir_only(checkpoint: Path, coarse_nc: Path,
+                                           tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--format applies to --output-dir"):
+        _run("--checkpoint", checkpoint, "--input", coarse_nc, "--output", tmp_path / "x.nc",
+             "--format", "zarr", "--workers", "0")
+
+
+@pytest.mark.xfail(strict=False, reason="downscale.checkpoint.load_model builds the model "
+                   "through downscale.tasks (Lightning) until the core helper's plain-torch "
+                   "loading lands; the lead removes this mark at merge")
+def test_run_imports_no_lightning(checkpoint: Path, coarse_nc: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "downscale", "run", "--checkpoint",
+         str(checkpoint), "--input", str(coarse_nc), "--output", str(tmp_path / "x.nc"),
+         "--workers", "0", "--no-progress"], env=ENV, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "downscale.batch.cli" in imported
+    lightning = [m for m in imported if m.split(".")[0] in (
+        "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities")]
+    assert not lightning, lightning[:10]
+
+
+def test_predict_and_run_give_identical_values(checkpoint: Path, e1_path: Path,
+                                              tmp_path: Path) -> None:
+    """One tiler: ``predict`` (whole coarse chunks, tiles with halos) == ``run``."""
+    from conftest import TINY
+
+    from downscale.aggregate import coarsen_field, crop_to_factor
+    from downscale.io import open_field, write_netcdf
+
+    predicted = tmp_path / "predicted.nc"
+    cli_main(["predict", "--config", TINY, "--ckpt_path", str(checkpoint), "--data.tile_size",
+              "8", "--prediction_writer.output", str(predicted)])
+    assert not _temporaries(tmp_path)
+    with xr.open_dataset(predicted) as ds:
+        times, expected = ds["time"].values, ds[VARIABLE].values
+    fine = crop_to_factor(open_field(e1_path, VARIABLE), (4, 4)).sel(time=times)
+    coarse = write_netcdf(coarsen_field(fine, VARIABLE, (4, 4)).compute(),
+                          tmp_path / "coarse.nc")
+    # The same time steps per forward pass as predict's batch_size (4): the same rounding.
+    _run("--checkpoint", checkpoint, "--input", coarse, "--output", tmp_path / "run.nc",
+         "--workers", "0", "--tile-size", "8", "--time-chunk", "4")
+    np.testing.assert_array_equal(_values(tmp_path / "run.nc"), expected)
+
+
 # -- resuming ----------------------------------------------------------------------------------
 def test_rerun_skips_verified_outputs_and_redoes_the_rest(
         reference: Path, checkpoint: Path, coarse_nc: Path, tmp_path: Path,
@@ -159,8 +239,8 @@ def test_rerun_skips_verified_outputs_and_redoes_the_rest(
     names = _finals(outdir)
     assert names == [f"{VARIABLE}_000000-000004.nc", f"{VARIABLE}_000005-000009.nc",
                      f"{VARIABLE}_000010-000011.nc"]
-    manifest = json.loads((outdir / MANIFEST_NAME).read_text())["outputs"]
-    assert {n: e["sha256"] for n, e in manifest.items()} == {
+    record = json.loads((outdir / RECORD_NAME).read_text())["outputs"]
+    assert {n: e["sha256"] for n, e in record.items()} == {
         n: file_sha256(outdir / n) for n in names}
     stamps = {n: (outdir / n).stat().st_mtime_ns for n in names}
 
@@ -185,6 +265,22 @@ def test_rerun_skips_verified_outputs_and_redoes_the_rest(
     _run(*args)
     assert "complete and verified" not in caplog.text
     assert not _temporaries(outdir)
+
+
+def test_a_directory_with_the_old_manifest_still_resumes(
+        checkpoint: Path, coarse_nc: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Directories written before the record's rename hold downscale_manifest.json."""
+    outdir = tmp_path / "old"
+    args = ("--checkpoint", checkpoint, "--input", coarse_nc, "--output-dir", outdir,
+            "--time-block", "6", "--workers", "0", *CHUNK)
+    _run(*args)
+    (outdir / RECORD_NAME).rename(outdir / "downscale_manifest.json")
+    caplog.set_level(logging.INFO, logger="downscale")
+    _run(*args)
+    assert caplog.text.count("complete and verified") == 2
+    assert (outdir / RECORD_NAME).is_file()
+    assert not (outdir / "downscale_manifest.json").exists()
 
 
 def test_a_second_run_into_the_same_directory_is_refused(checkpoint: Path, coarse_nc: Path,
@@ -217,8 +313,9 @@ def test_kill_9_mid_run_then_rerun_resumes(reference: Path, checkpoint: Path, co
                 checked.add(name)
 
     log_file = open(tmp_path / "killed.log", "w")  # closed in the finally below
-    proc = subprocess.Popen([sys.executable, "-m", "downscale", "run", *args],
-                            env={**ENV, CHUNK_DELAY_ENV: "0.4"}, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.run_with_faults",
+                             "--pause", "computed:0.4", "--", *args], cwd=ROOT,
+                            env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                             stderr=log_file)
     try:
         deadline = time.monotonic() + 240
@@ -289,24 +386,26 @@ def test_local_cluster_writes_the_same_files_as_the_in_process_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from distributed import Client
 
-    feeders: list[Any] = []
+    runners: list[Runner] = []
 
-    class Recorded(downscale.run._ChunkFeeder):
-        def cancel(self) -> None:
-            feeders.append(self)
-            super().cancel()
+    class Recorded(Runner):
+        def __init__(self, client: Any) -> None:
+            super().__init__(client)
+            runners.append(self)
 
-    monkeypatch.setattr(downscale.run, "_ChunkFeeder", Recorded)
+    monkeypatch.setattr(downscale.batch.cli, "Runner", Recorded)
     common = ("--checkpoint", checkpoint, "--input", coarse_nc, "--scheduler",
               local_cluster.scheduler_address, *CHUNK)
-    # One file: the workers compute the chunks, this process writes them.
+    # One file: the workers compute the chunks, this process writes them as they come.
     _run(*common, "--output", tmp_path / "one.nc")
     _same_file(tmp_path / "one.nc", reference)
-    # The writer asks for the 12 chunks out of time order (Dask breaks ties on the keys);
-    # the feeder knew that order, so only the first chunk was not submitted ahead.
-    (feeder,) = feeders
-    assert feeder.order != sorted(feeder.order) and sorted(feeder.order) == list(range(12))
-    assert feeder.misses == 1
+    # The 12 chunks went to Dask in a window of two per worker thread, never more.
+    (runner,) = runners
+    assert runner.most_in_flight == 4
+    # Zarr: every chunk written into the store by the worker that computed it.
+    _run(*common, "--output", tmp_path / "one.zarr")
+    with xr.open_zarr(tmp_path / "one.zarr") as got:
+        np.testing.assert_array_equal(got[VARIABLE].values, _values(reference))
     # Blocks: the workers write their own files.
     _run(*common, "--output-dir", tmp_path / "blocks", "--time-block", "4")
     names = _finals(tmp_path / "blocks")
@@ -364,11 +463,11 @@ def test_slurm_recipe_runs_downscale_run_on_its_cluster(reference: Path, checkpo
 
 
 def test_slurm_recipe_without_dask_jobqueue_is_one_clear_line(tmp_path: Path) -> None:
+    if importlib.util.find_spec("dask_jobqueue") is not None:  # it would submit real jobs
+        pytest.skip("dask-jobqueue is installed here")
     result = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "slurm_run.py"), "--", "--checkpoint", "x"],
         capture_output=True, text=True, timeout=120)
-    if importlib.util.find_spec("dask_jobqueue") is not None:
-        pytest.skip("dask-jobqueue is installed here")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "pip install dask-jobqueue" in result.stderr

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 from torch.utils.data import DataLoader
 
+from downscale.data.chunks import Chunk, TimeChunkDataset
 from downscale.data.covariate import StaticCovariate, load_covariate
 from downscale.data.samples import RandomPatchDataset, Sample, TileDataset
 from downscale.data.source import STEP_CACHE_MB, FieldSource, NormStats
@@ -201,8 +202,12 @@ class DownscalingDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader[Sample]:
         return self._loader(self.tiles("test"))
 
-    def predict_dataloader(self) -> DataLoader[Sample]:
-        return self._loader(self.tiles(self.predict_split))
+    def predict_dataloader(self) -> DataLoader[Chunk]:
+        """Whole coarse fields, ``batch_size`` time steps at a time (the one tiler)."""
+        chunks = TimeChunkDataset(self.source, self.splits[self.predict_split],
+                                  self.batch_size, self.valid, self.tile_size,
+                                  self.coarse_source, self._covariate_values)
+        return DataLoader(chunks, batch_size=None, num_workers=self.num_workers)
 
     # -- metadata for writers and checkpoints --------------------------------------------
     def fine_grid(self, split: str) -> xr.Dataset:

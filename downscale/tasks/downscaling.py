@@ -173,9 +173,11 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return {"prediction": self._predict_batch(batch), "time": batch["time"],
-                "y0": batch["y0"], "x0": batch["x0"]}
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """A whole coarse time chunk downscaled by the one tiler (as ``downscale run``)."""
+        from downscale.data.chunks import downscale_chunk
+
+        return downscale_chunk(self, batch, self.factor)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr,

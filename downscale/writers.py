@@ -1,0 +1,257 @@
+"""Output writers: one interface for NetCDF and Zarr, written a time slab at a time.
+
+A writer is created from a *template*: the complete output Dataset (coordinates,
+attributes, encoding) whose data variable is a lazy Dask array that is never computed.
+Then:
+
+* :meth:`OutputWriter.create` writes the metadata under a temporary name
+  (:func:`downscale.io.temporary_path`);
+* :meth:`OutputWriter.write` writes time steps ``[t0:t1]`` of the variable, in any order;
+* :meth:`OutputWriter.finish` verifies the output and renames it to its final name
+  (:func:`downscale.io.commit_output`), so a final name only ever holds a complete output;
+* :meth:`OutputWriter.abort` removes the temporary.
+
+NetCDF (:class:`NetCDFWriter`): one writer process holds the file open (HDF5 files take one
+writer). Zarr (:class:`ZarrWriter`): the metadata are written once (consolidated) and each
+slab is an independent region write, so any process that can see the store writes its own
+chunks; a chunk done is marked in the store (:meth:`ZarrWriter.mark_done`), so a run
+killed half-way resumes with the chunks that are missing. The format follows the output's
+name: a path ending in ``.zarr`` is a Zarr store, anything else a NetCDF file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import xarray as xr
+
+from downscale.io import (
+    check_output_target,
+    commit_output,
+    output_errors,
+    remove_output,
+    temporary_path,
+)
+
+log = logging.getLogger(__name__)
+
+#: Zarr stores are written in Zarr format 2: its consolidated metadata (``.zmetadata``) are
+#: read by every Zarr reader; format 3 has no consolidated metadata in its specification.
+ZARR_FORMAT: Literal[2] = 2
+_MARKED = ".chunks"
+#: NetCDF chunks hold at most this many bytes (one time step when a chunk would be larger).
+NETCDF_CHUNK_BYTES = 4 << 20
+#: Encoding keys only the NetCDF backend understands.
+_NETCDF_ONLY = ("zlib", "complevel", "shuffle", "chunksizes", "contiguous", "fletcher32",
+                "least_significant_digit", "endian", "source", "original_shape")
+
+
+def is_zarr(path: str | Path) -> bool:
+    """Whether an output path names a Zarr store (it ends in ``.zarr``)."""
+    return Path(path).suffix == ".zarr"
+
+
+def netcdf_chunks(shape: tuple[int, ...], time_chunk: int) -> tuple[int, ...]:
+    """NetCDF chunk shape: whole Dask chunks in time when small, else one step of <=1024^2."""
+    *lead, h, w = shape
+    spatial = (min(h, 1024), min(w, 1024))
+    if not lead:
+        return spatial
+    steps = min(time_chunk, lead[0])
+    if steps * spatial[0] * spatial[1] * 4 > NETCDF_CHUNK_BYTES:
+        steps = 1
+    return (steps, *spatial)
+
+
+
+class OutputWriter(Protocol):
+    """What every writer does (see the module docstring)."""
+
+    final: Path
+    tmp: Path
+
+    def create(self) -> None:
+        """Write the template's metadata under the temporary name."""
+
+    def write(self, t0: int, t1: int, values: np.ndarray[Any, Any]) -> None:
+        """Write ``(t1 - t0, H, W)`` values (NaN = missing) at time steps ``t0:t1``."""
+
+    def finish(self) -> Path:
+        """Verify, rename to the final name; returns it."""
+
+    def abort(self) -> None:
+        """Remove the temporary."""
+
+
+class NetCDFWriter:
+    """A CF NetCDF-4 file written slab by slab by this process.
+
+    Args:
+        template: The output Dataset; its data variable a lazy Dask array (not computed).
+        variable: The data variable.
+        final: The final path.
+        time_chunk: Time steps per write, for the NetCDF chunk shape (:func:`netcdf_chunks`;
+            zlib level 4 as the template's encoding says).
+    """
+
+    def __init__(self, template: xr.Dataset, variable: str, final: Path,
+                 time_chunk: int = 1) -> None:
+        template = template.copy()
+        data = template[variable]
+        data.encoding["chunksizes"] = netcdf_chunks(data.shape, time_chunk)
+        self.template, self.variable, self.final = template, variable, final
+        self.tmp = temporary_path(final)
+        self._nc: Any = None
+
+    def create(self) -> None:
+        """Create the file (coordinates, attributes, the variable unfilled) and open it."""
+        import netCDF4
+
+        check_output_target(self.final, self.template)
+        with output_errors(self.final, self.tmp, self.template):
+            try:
+                # compute=False writes everything but the Dask-backed variable's values.
+                delayed = self.template.to_netcdf(self.tmp, engine="netcdf4",
+                                                  format="NETCDF4", compute=False)
+                del delayed  # never computed: the values come through write()
+                self._nc = netCDF4.Dataset(self.tmp, "a")
+            except BaseException:
+                self.abort()
+                raise
+
+    def write(self, t0: int, t1: int, values: np.ndarray[Any, Any]) -> None:
+        """Write time steps ``t0:t1`` (NaN becomes the variable's ``_FillValue``)."""
+        var = self._nc[self.variable]
+        where = slice(t0, t1) if "time" in var.dimensions else slice(None)
+        with output_errors(self.final, self.tmp, self.template):
+            var[where] = np.ma.masked_invalid(_shaped(values, var.dimensions))
+
+    def finish(self) -> Path:
+        """Close, verify and rename the file."""
+        with output_errors(self.final, self.tmp, self.template):
+            try:
+                self._close()
+                commit_output(self.tmp, self.final, self.template)
+            except BaseException:
+                self.abort()
+                raise
+        return self.final
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        self._close()
+        remove_output(self.tmp)
+
+    def _close(self) -> None:
+        if self._nc is not None:
+            self._nc.close()
+            self._nc = None
+
+
+class ZarrWriter:
+    """A Zarr store written by region, chunk by chunk, by any process; resumable.
+
+    The temporary store's name carries ``tag`` (a hash of what makes the output and of its
+    chunking), so that a rerun of the same job finds it and writes only the chunks that are
+    not marked done. A writer is small and picklable: it is sent to the Dask workers that
+    write the chunks.
+
+    Args:
+        template: The output Dataset (lazy data variable); None on the workers.
+        variable: The data variable.
+        final: The final path (``*.zarr``).
+        time_chunk: Time steps of each Zarr chunk: every slab written is whole chunks
+            (the last may be short), so that parallel region writes never share a chunk.
+        tag: Stable part of the temporary name.
+    """
+
+    def __init__(self, template: xr.Dataset | None, variable: str, final: Path,
+                 time_chunk: int, tag: str) -> None:
+        self.template, self.variable, self.final = template, variable, final
+        self.time_chunk = time_chunk
+        self.tmp = temporary_path(final, tag)
+        #: One empty file per chunk written, beside the store (Zarr readers warn about
+        #: unknown files inside it); removed with the store.
+        self.markers = temporary_path(final, f"{tag}{_MARKED}")
+        self.dims = tuple(map(str, template[variable].dims)) if template is not None else ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "template": None}  # the workers only write regions
+
+    def create(self) -> None:
+        """Write the metadata (consolidated), or keep a temporary store a killed run left."""
+        assert self.template is not None
+        check_output_target(self.final, self.template)
+        if self.markers.is_dir():  # made last: the store and its coordinates are complete
+            log.info("Resuming %s: %d chunk(s) already written", self.final,
+                     len(self.done()))
+            return
+        self.abort()
+        ds = self.template.copy()
+        for name in ds.variables:
+            encoding = {k: v for k, v in ds[name].encoding.items() if k not in _NETCDF_ONLY}
+            ds[name].encoding = encoding
+        ds[self.variable].encoding["chunks"] = tuple(
+            self.time_chunk if d == "time" else min(ds.sizes[d], 1024) for d in self.dims)
+        with output_errors(self.final, self.tmp, ds):
+            try:
+                ds.to_zarr(self.tmp, mode="w", compute=False, consolidated=True,
+                           zarr_format=ZARR_FORMAT)
+                self.markers.mkdir()
+            except BaseException:
+                self.abort()
+                raise
+
+    def write(self, t0: int, t1: int, values: np.ndarray[Any, Any]) -> None:
+        """Write time steps ``t0:t1`` into the temporary store (a region write)."""
+        region = {d: slice(t0, t1) if d == "time" else slice(None) for d in self.dims}
+        part = xr.Dataset({self.variable: (self.dims, _shaped(values, self.dims))})
+        part.to_zarr(self.tmp, region=region, consolidated=False, zarr_format=ZARR_FORMAT)
+
+    def mark_done(self, t0: int, t1: int) -> None:
+        """Record that time steps ``t0:t1`` are written (after the region write)."""
+        (self.markers / f"{t0}-{t1}").touch()
+
+    def done(self) -> set[tuple[int, int]]:
+        """The ``(t0, t1)`` slabs marked written in the temporary store."""
+        if not self.markers.is_dir():
+            return set()
+        pairs = (name.split("-") for name in (p.name for p in self.markers.iterdir()))
+        return {(int(a), int(b)) for a, b in pairs}
+
+    def finish(self) -> Path:
+        """Consolidate, verify and rename the store; drop the markers."""
+        import zarr
+
+        assert self.template is not None
+        with output_errors(self.final, self.tmp, self.template):
+            zarr.consolidate_metadata(str(self.tmp), zarr_format=ZARR_FORMAT)
+            commit_output(self.tmp, self.final, self.template)
+            remove_output(self.markers)
+        return self.final
+
+    def abort(self) -> None:
+        """Delete the temporary store and its markers (an interrupted run keeps them)."""
+        remove_output(self.tmp)
+        remove_output(self.markers)
+
+
+def make_writer(template: xr.Dataset, variable: str, final: Path, time_chunk: int,
+                tag: str) -> NetCDFWriter | ZarrWriter:
+    """The writer for ``final``: Zarr for a ``.zarr`` path, else NetCDF."""
+    if is_zarr(final):
+        return ZarrWriter(template, variable, final, time_chunk, tag)
+    return NetCDFWriter(template, variable, final, time_chunk)
+
+
+def _shaped(values: np.ndarray[Any, Any], dims: tuple[str, ...]) -> np.ndarray[Any, Any]:
+    """``(T, H, W)`` values as the output variable's shape (``(H, W)`` without time)."""
+    return values if "time" in dims else values.reshape(values.shape[-2:])
+
+
+def resumable_names(final: Path, tag: str) -> set[str]:
+    """Names of the temporaries a :class:`ZarrWriter` resumes (kept when cleaning up)."""
+    return {temporary_path(final, tag).name, temporary_path(final, tag + _MARKED).name}
