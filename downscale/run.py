@@ -234,6 +234,7 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
     Each coarse cell is split evenly into ``factor x factor`` cells; the time coordinate
     (with its encoding: units, calendar) and the dataset's attributes are kept.
     """
+    from downscale.conventions import conventions_of, with_conventions
     from downscale.inference import fine_bounds
 
     ydim, xdim = horizontal_dims(coarse)
@@ -242,7 +243,8 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
         bnds = fine_bounds(coarse[f"{dim}_bnds"].values, factor)
         coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))
         coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
-    return xr.Dataset(coords=coords, attrs=dict(coarse.attrs))
+    fine = xr.Dataset(coords=coords, attrs=dict(coarse.attrs))
+    return with_conventions(fine, conventions_of(coarse))  # the output keeps the input's
 
 
 def _netcdf_chunks(shape: tuple[int, ...], time_chunk: int) -> tuple[int, ...]:
