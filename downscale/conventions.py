@@ -190,9 +190,9 @@ def add_file_metadata(record: FieldConventions, ds: xr.Dataset) -> FieldConventi
         name = ds[tname].attrs.get("bounds", ds[tname].encoding.get("bounds"))
         bnds = ds[name] if isinstance(name, str) and name in ds.variables else None
         if bnds is not None and bnds.ndim == 2 and tname in bnds.dims:
-            other = next(str(d) for d in bnds.dims if d != tname)
-            time_bounds = TimeBounds(str(name), other, np.asarray(ds[tname].values),
-                                     np.asarray(bnds.transpose(tname, other).values),
+            pair = next(str(d) for d in bnds.dims if d != tname)
+            time_bounds = TimeBounds(str(name), pair, np.asarray(ds[tname].values),
+                                     np.asarray(bnds.transpose(tname, pair).values),
                                      dict(bnds.attrs))
     mapping = None
     gm = record.attrs.get("grid_mapping", ds[record.variable].encoding.get("grid_mapping"))
@@ -226,7 +226,8 @@ def _reusable_encoding(original: xr.DataArray) -> dict[str, Any]:
     :func:`restore` to fit them to the fine grid.
     """
     enc = original.encoding
-    dtype = np.dtype(enc.get("dtype", original.dtype))
+    # Values made in memory (no storage) are written as the package writes them: float32.
+    dtype = np.dtype(enc.get("dtype", np.float32))
     out: dict[str, Any] = {k: enc[k] for k in _COMPRESSION if k in enc}
     if not out.get("zlib"):
         out = {}
@@ -410,6 +411,9 @@ def _restore_variable(var: xr.DataArray, record: FieldConventions, layout: UserL
     order = [d for d in layout.dims if d in var.dims]
     var = var.transpose(*order, *[d for d in var.dims if d not in order])
     attrs = {k: v for k, v in record.attrs.items() if k not in DROPPED_ATTRS}
+    attrs.pop("grid_mapping", None)  # only where its variable goes with it (not dangling)
+    if record.grid_mapping is not None:
+        attrs["grid_mapping"] = record.grid_mapping[0]
     rec = record.encoding
     if "unpack" in rec:  # valid_* of packed data are in packed units: unpack them
         scale, offset = rec["unpack"]
@@ -437,7 +441,7 @@ def _restore_variable(var: xr.DataArray, record: FieldConventions, layout: UserL
 
 def _same_value(a: Any, b: Any) -> bool:
     a, b = float(np.ravel(a)[0]), float(np.ravel(b)[0])
-    return a == b or (np.isnan(a) and np.isnan(b))
+    return bool(a == b or (np.isnan(a) and np.isnan(b)))
 
 
 def _fine_chunks(var: xr.DataArray, record: FieldConventions, layout: UserLayout

@@ -28,8 +28,13 @@ import numpy as np
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
-from downscale.conventions import (add_file_metadata, conventions_of, join_in_time,
-                                   record_field, with_conventions)
+from downscale.conventions import (
+    add_file_metadata,
+    conventions_of,
+    join_in_time,
+    record_field,
+    with_conventions,
+)
 from downscale.errors import InputError
 from downscale.grid import bounds_from_centres
 
