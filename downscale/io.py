@@ -142,7 +142,7 @@ def _normalise_opened(ds: xr.Dataset, path: Path, variable: str,
     # Lazy Dask reads of one index of every leading dimension (a time step) at a time, so
     # memory is bounded by the chunks asked for below, whatever the file's layout.
     da = da.chunk({d: (1 if i < da.ndim - 2 else -1) for i, d in enumerate(da.dims)})
-    field = normalise_field(da, path=path, bounds=_file_bounds(ds, da))
+    field = normalise_field(da, path=path, bounds=_file_bounds(ds, da), keep_conventions=True)
     record = conventions_of(field)
     if record is not None:
         with_conventions(field, add_file_metadata(record, ds))
@@ -214,7 +214,8 @@ def _file_bounds(ds: xr.Dataset, da: xr.DataArray) -> dict[str, NDArray[np.float
 
 
 def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
-                    bounds: Mapping[str, ArrayLike] | None = None) -> xr.Dataset:
+                    bounds: Mapping[str, ArrayLike] | None = None,
+                    keep_conventions: bool = False) -> xr.Dataset:
     """Bring a field onto the package's conventions (see module docstring).
 
     Args:
@@ -223,6 +224,10 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
         bounds: Cell bounds, shape ``(n, 2)``, by the dimension names of ``da``, in the
             order of ``da``'s coordinates; they are reordered with the grid. Dimensions
             without bounds get bounds inferred halfway between centres.
+        keep_conventions: Record ``da``'s own form (names, order, longitude range,
+            attributes) for outputs to return to
+            (:func:`downscale.conventions.conventions_of`); for fields read from a user's
+            file, not for arrays the package arranged itself.
 
     Returns:
         A Dataset with the variable, dims ``(time, lat, lon)`` or ``(time, y, x)``, and
@@ -275,7 +280,9 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
         file_centres=file_centres, bounds={d: coords[f"{d}_bnds"][1] for d in (ydim, xdim)},
         positions={d: da[_INDEX.format(d)].values for d in (ydim, xdim)}, file_bounds=given)
     da = da.drop_vars([_INDEX.format(d) for d in (ydim, xdim)])
-    ds = with_conventions(da.to_dataset().assign_coords(coords), record)
+    ds = da.to_dataset().assign_coords(coords)
+    if keep_conventions:
+        with_conventions(ds, record)
     if added_time:
         ds.attrs["downscale_added_time"] = 1
     return ds

@@ -74,13 +74,15 @@ def test_fit_then_predict_writes_conserving_cf_netcdf(tmp_path: Path) -> None:
           "--prediction_writer.output", str(out)])
     with xr.open_dataset(out) as ds:
         da = ds["air_temperature"]
-        assert da.dims == ("time", "lat", "lon")
+        assert da.dims == ("time", "latitude", "longitude")  # E1's names (issue 13)
         assert da.attrs["units"] == "K"
         assert da.attrs["standard_name"] == "air_temperature"
         assert "area: mean" in da.attrs["cell_methods"]
         assert ds.attrs["Conventions"].startswith("CF-")
         assert str(checkpoints[-1]) in ds.attrs["history"]
-        assert ds["lat"].attrs["bounds"] == "lat_bnds" and "lat_bnds" in ds
+        assert ds["latitude"].attrs["bounds"] == "latitude_bnds" and "latitude_bnds" in ds
+        assert float(ds["longitude"].min()) >= 225.0  # E1's 0..360 range, not -135..-45
+        assert ds["time"].attrs["bounds"] == "time_bnds" and "time_bnds" in ds
         assert ds["time"].encoding["calendar"] == "360_day"
         assert np.isfinite(da.values).all()
         # The prediction conserves each coarse cell of the held-back truth exactly.

@@ -11,7 +11,6 @@ from typing import Any
 
 import dask.array as dsa
 import numpy as np
-import pytest
 import xarray as xr
 from conftest import VARIABLE, assert_cf_compliant
 
@@ -261,13 +260,47 @@ def test_run_keeps_the_users_conventions(checkpoint: Path, tmp_path: Path) -> No
     assert_cf_compliant(out, tmp_path)
 
 
-@pytest.mark.parametrize("extra", [{}, {"height": 1}])
-def test_check_reads_restored_outputs(tmp_path: Path, extra: dict[str, int]) -> None:
+def test_check_reads_restored_outputs(tmp_path: Path) -> None:
     """``downscale check`` opens outputs in the user's conventions like any input."""
     coarse = open_field(user_file(tmp_path / "in.nc"), "tas")
     ds = downscaled_dataset(block_values(coarse, "tas"), fine_grid(coarse), "tas",
                             dict(coarse["tas"].attrs), factor=FACTOR, checkpoint="m.ckpt")
     out = write_netcdf(ds, tmp_path / "out.nc")
-    rc = cli_main(["check", "--coarse", str(tmp_path / "in.nc"), "--fine", str(out),
-                   "--variable", "tas"])
-    assert rc in (0, None)
+    assert cli_main(["check", "--coarse", str(tmp_path / "in.nc"), "--fine", str(out),
+                     "--variable", "tas"]) in (0, None)
+
+
+def test_files_joined_in_time_keep_every_files_time_bounds(tmp_path: Path) -> None:
+    first = user_file(tmp_path / "a.nc", nt=3)
+    with xr.open_dataset(first, decode_times=False) as ds:
+        later = ds.load().assign_coords(time=("time", ds["time"].values + 3,
+                                               ds["time"].attrs))
+        later["time_bnds"] = (ds["time_bnds"].dims, ds["time_bnds"].values + 3)
+        later.to_netcdf(tmp_path / "b.nc")
+    joined = open_field([tmp_path / "b.nc", first], "tas")
+    template = fine_grid(joined).isel(time=slice(2, 5))  # a slab across the files
+    ds = downscaled_dataset(block_values(joined, "tas")[2:5], template, "tas",
+                            dict(joined["tas"].attrs), factor=FACTOR, checkpoint="m.ckpt")
+    with xr.open_dataset(write_netcdf(ds, tmp_path / "out.nc"), decode_times=False) as res:
+        np.testing.assert_array_equal(res["time_bnds"].values,
+                                      [[2.0, 3.0], [3.0, 4.0], [4.0, 5.0]])
+
+
+def test_packed_input_is_written_unpacked_as_float32(tmp_path: Path) -> None:
+    """int16 with scale_factor: the coarse packing cannot hold the fine field (see why in
+    ``conventions.record._reusable_encoding``); valid_range is given in unpacked units."""
+    path = user_file(tmp_path / "in.nc")
+    with xr.open_dataset(path) as ds:
+        packed = ds.load()
+    packed["tas"].attrs["valid_range"] = np.array([-5000, 5000], dtype=np.int16)
+    packed["tas"].encoding = {"dtype": np.int16, "scale_factor": 0.01, "add_offset": 280.0,
+                              "_FillValue": np.int16(-32767)}
+    packed.to_netcdf(tmp_path / "packed.nc")
+    coarse = open_field(tmp_path / "packed.nc", "tas")
+    ds = downscaled_dataset(block_values(coarse, "tas"), fine_grid(coarse), "tas",
+                            dict(coarse["tas"].attrs), factor=FACTOR, checkpoint="m.ckpt")
+    out = write_netcdf(ds, tmp_path / "out.nc")
+    with xr.open_dataset(out, mask_and_scale=False) as raw:
+        assert raw["tas"].dtype == np.float32 and "scale_factor" not in raw["tas"].attrs
+        np.testing.assert_allclose(raw["tas"].attrs["valid_range"], [230.0, 330.0])
+    assert_cf_compliant(out, tmp_path)
