@@ -22,7 +22,8 @@ from downscale.io import history_line
 CONVENTIONS = "CF-1.11"
 
 #: Attributes copied from the source variable to the downscaled one.
-_KEPT_ATTRS = ("standard_name", "long_name", "units", "cell_methods", "comment")
+_KEPT_ATTRS = ("standard_name", "long_name", "units", "units_metadata", "cell_methods",
+               "comment")
 
 
 def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Dataset,

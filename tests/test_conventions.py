@@ -27,7 +27,8 @@ EXTRA_ATTRS = {"long_name": "Near-surface air temperature", "comment": "a test f
                "institution_note": "kept"}
 
 
-def user_file(path: Path, *, variable: str = "tas", nt: int = 4) -> Path:
+def user_file(path: Path, *, variable: str = "tas", nt: int = 4,
+              time_bounds: str = "time_bnds") -> Path:
     """A global 30-degree grid the way many users have it: ``latitude`` north to south,
     ``longitude`` 0..360 (no bounds), time bounds, extra attributes, float64 storage."""
     lat = np.arange(75.0, -90.0, -30.0)
@@ -38,13 +39,13 @@ def user_file(path: Path, *, variable: str = "tas", nt: int = 4) -> Path:
     ds = xr.Dataset(
         {variable: (("time", "latitude", "longitude"), data,
                     {"standard_name": "air_temperature", "units": "K", **EXTRA_ATTRS}),
-         "time_bnds": (("time", "nv"), np.stack([time - 0.5, time + 0.5], axis=1))},
+         time_bounds: (("time", "nv"), np.stack([time - 0.5, time + 0.5], axis=1))},
         coords={"latitude": ("latitude", lat, {"units": "degrees_north", "long_name": "Lat",
                                                "standard_name": "latitude", "axis": "Y"}),
                 "longitude": ("longitude", lon, {"units": "degrees_east", "long_name": "Lon",
                                                  "standard_name": "longitude", "axis": "X"}),
                 "time": ("time", time, {"units": "days since 2001-01-01", "calendar": "noleap",
-                                        "standard_name": "time", "bounds": "time_bnds"})})
+                                        "standard_name": "time", "bounds": time_bounds})})
     ds[variable].encoding.update(dtype=np.float64, _FillValue=-999.0, zlib=True, complevel=2,
                                  chunksizes=(1, lat.size, lon.size))
     ds.to_netcdf(path, format="NETCDF4")
@@ -162,6 +163,18 @@ def test_time_slabs_and_lazy_values(tmp_path: Path) -> None:
     assert layout.user_dims == ds["tas"].dims
 
 
+def test_layout_follows_the_grid_not_the_order_of_its_coordinates(tmp_path: Path) -> None:
+    coarse = open_field(user_file(tmp_path / "in.nc"), "tas")
+    template = fine_grid(coarse)
+    shuffled = with_conventions(xr.Dataset(coords={k: template[k] for k in (
+        "lon_bnds", "lon", "time", "lat_bnds", "lat")}), conventions_of(template))
+    record = conventions_of(template)
+    assert record is not None
+    values = block_values(coarse, "tas")
+    np.testing.assert_array_equal(user_layout(shuffled, record).apply(values),
+                                  user_layout(template, record).apply(values))
+
+
 def test_other_dimension_order_and_names(tmp_path: Path) -> None:
     """(lon, lat, t) with a time called ``t``: same order and names back."""
     path = user_file(tmp_path / "in.nc")
@@ -261,13 +274,14 @@ def test_run_keeps_the_users_conventions(checkpoint: Path, tmp_path: Path) -> No
 
 
 def test_check_reads_restored_outputs(tmp_path: Path) -> None:
-    """``downscale check`` opens outputs in the user's conventions like any input."""
-    coarse = open_field(user_file(tmp_path / "in.nc"), "tas")
+    """``downscale check`` opens outputs in the user's conventions like any input, and
+    finds the variable itself (time bounds named ``time_limits`` are not one)."""
+    coarse = open_field(user_file(tmp_path / "in.nc", time_bounds="time_limits"), "tas")
     ds = downscaled_dataset(block_values(coarse, "tas"), fine_grid(coarse), "tas",
                             dict(coarse["tas"].attrs), factor=FACTOR, checkpoint="m.ckpt")
     out = write_netcdf(ds, tmp_path / "out.nc")
-    assert cli_main(["check", "--coarse", str(tmp_path / "in.nc"), "--fine", str(out),
-                     "--variable", "tas"]) in (0, None)
+    assert cli_main(["check", "--coarse", str(tmp_path / "in.nc"), "--fine", str(out)]
+                    ) in (0, None)
 
 
 def test_files_joined_in_time_keep_every_files_time_bounds(tmp_path: Path) -> None:

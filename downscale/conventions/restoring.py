@@ -15,7 +15,7 @@ import xarray as xr
 from numpy.typing import NDArray
 
 from downscale.conventions.record import COMPRESSION, FieldConventions, conventions_of
-from downscale.grid import nesting_factor
+from downscale.grid import horizontal_dims, nesting_factor
 
 #: Variable attributes that describe the input's values or storage, not the fine field's.
 DROPPED_ATTRS = ("actual_range", "actual_min", "actual_max", "chunksizes", "_ChunkSizes",
@@ -79,7 +79,7 @@ def user_layout(grid: xr.Dataset, record: FieldConventions) -> UserLayout:
     """
     from downscale.inference import fine_bounds  # torch: only for writing, not for reading
 
-    horizontal = [str(d) for d in grid.dims if f"{d}_bnds" in grid.variables]
+    horizontal = horizontal_dims(grid)  # (y, x): the order of the values' last two axes
     layout = UserLayout(dims=record.dims, names=dict(record.names), order={}, centres={},
                         bounds={})
     for dim in horizontal:
