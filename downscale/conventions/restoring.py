@@ -59,8 +59,12 @@ class UserLayout:
         normal = ("time", *self.order)[-values.ndim:]
         for axis, dim in enumerate(normal):
             index = self.order.get(dim)
-            if index is not None and not np.array_equal(index, np.arange(index.size)):
-                values = values[(slice(None),) * axis + (index,)]
+            if index is None or _is_identity(index):
+                continue
+            where = _indexer(index)
+            # np.take: about twice as fast as fancy indexing on numpy; Dask's own on Dask.
+            values = (values[(slice(None),) * axis + (where,)] if isinstance(where, slice)
+                      else np.take(values, where, axis=axis))
         wanted = [d for d in self.dims if d in normal]
         return values.transpose([normal.index(d) for d in wanted])
 
@@ -68,6 +72,17 @@ class UserLayout:
     def user_dims(self) -> tuple[str, ...]:
         """The variable's dimension names in the user's file, in order."""
         return tuple(self.names.get(d, d) for d in self.dims)
+
+
+def _is_identity(order: NDArray[np.int64]) -> bool:
+    return bool(np.array_equal(order, np.arange(order.size)))
+
+
+def _indexer(order: NDArray[np.int64]) -> slice | NDArray[np.int64]:
+    """A reversal as a slice (a view, no copy), any other order as it is."""
+    if order.size > 1 and np.array_equal(order, np.arange(order.size)[::-1]):
+        return slice(None, None, -1)
+    return order
 
 
 def user_layout(grid: xr.Dataset, record: FieldConventions) -> UserLayout:
@@ -131,8 +146,7 @@ def restore(ds: xr.Dataset, record: FieldConventions | None = None) -> xr.Datase
     if record is None:
         return ds
     layout = user_layout(ds, record)
-    out = ds.isel({d: o for d, o in layout.order.items()
-                   if not np.array_equal(o, np.arange(o.size))})
+    out = ds.isel({d: _indexer(o) for d, o in layout.order.items() if not _is_identity(o)})
     renames: dict[str, str] = {}
     for dim in layout.order:
         axis = record.axes.get(dim)
