@@ -12,11 +12,11 @@ from typing import Any
 import dask.array as dsa
 import numpy as np
 import xarray as xr
-from conftest import VARIABLE, assert_cf_compliant
+from conftest import VARIABLE, assert_cf_compliant, make_latlon_nc
 
 from downscale.cf import downscaled_dataset
 from downscale.conventions import conventions_of, restore, user_layout, with_conventions
-from downscale.grid import nesting_factor
+from downscale.grid import horizontal_dims, nesting_factor
 from downscale.inference import fine_bounds
 from downscale.io import open_field, write_netcdf
 from downscale.main import main as cli_main
@@ -55,11 +55,12 @@ def user_file(path: Path, *, variable: str = "tas", nt: int = 4,
 def fine_grid(coarse: xr.Dataset, factor: int = FACTOR) -> xr.Dataset:
     """A normalised fine template of ``coarse`` carrying its record (as the writers build)."""
     coords: dict[str, Any] = {"time": coarse["time"]}
-    for dim in ("lat", "lon"):
+    for dim in horizontal_dims(coarse):
         bnds = fine_bounds(coarse[f"{dim}_bnds"].values, factor)
         coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))
         coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
-    return with_conventions(xr.Dataset(coords=coords), conventions_of(coarse))
+    return with_conventions(xr.Dataset(coords=coords, attrs=dict(coarse.attrs)),
+                            conventions_of(coarse))
 
 
 def block_values(coarse: xr.Dataset, variable: str, factor: int = FACTOR) -> np.ndarray:
@@ -175,6 +176,22 @@ def test_layout_follows_the_grid_not_the_order_of_its_coordinates(tmp_path: Path
                                   user_layout(template, record).apply(values))
 
 
+def test_a_field_without_time(tmp_path: Path) -> None:
+    path = make_latlon_nc(tmp_path / "static.nc", nt=0, dim_names=("latitude", "longitude"),
+                          lat=np.arange(45.0, 39.0, -1.0))
+    coarse = open_field(path, "tas")
+    template, values = fine_grid(coarse), block_values(coarse, "tas")
+    record = conventions_of(template)
+    assert record is not None and record.dims == ("lat", "lon")
+    slab = user_layout(template, record).apply(values)  # a slab writer's (1, H, W)
+    np.testing.assert_array_equal(slab, values[:, ::-1])  # north to south, as the file
+    ds = downscaled_dataset(values, template, "tas", dict(coarse["tas"].attrs), factor=FACTOR,
+                            checkpoint="m.ckpt")
+    assert ds["tas"].dims == ("latitude", "longitude")
+    np.testing.assert_array_equal(ds["tas"].values, slab[0])
+    assert_cf_compliant(write_netcdf(ds, tmp_path / "out.nc"), tmp_path)
+
+
 def test_other_dimension_order_and_names(tmp_path: Path) -> None:
     """(lon, lat, t) with a time called ``t``: same order and names back."""
     path = user_file(tmp_path / "in.nc")
@@ -208,7 +225,7 @@ def test_projected_grid_keeps_names_order_and_mapping(tmp_path: Path) -> None:
     src.to_netcdf(tmp_path / "dem.nc")
     coarse = open_field(tmp_path / "dem.nc", "orog")
     assert coarse["orog"].dims == ("time", "y", "x")
-    template = fine_grid_xy(coarse)
+    template = fine_grid(coarse)
     values = np.repeat(np.repeat(coarse["orog"].values, FACTOR, 1), FACTOR, 2)
     ds = downscaled_dataset(values.astype(np.float32), template, "orog",
                             dict(coarse["orog"].attrs), factor=FACTOR, checkpoint="m.ckpt")
@@ -222,16 +239,6 @@ def test_projected_grid_keeps_names_order_and_mapping(tmp_path: Path) -> None:
                                       src["orog"].values)
         assert res["northing_bnds"].values[0, 0] == 6000.0
     assert_cf_compliant(out, tmp_path)
-
-
-def fine_grid_xy(coarse: xr.Dataset) -> xr.Dataset:
-    coords: dict[str, Any] = {"time": coarse["time"]}
-    for dim in ("y", "x"):
-        bnds = fine_bounds(coarse[f"{dim}_bnds"].values, FACTOR)
-        coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))
-        coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
-    return with_conventions(xr.Dataset(coords=coords, attrs=dict(coarse.attrs)),
-                            conventions_of(coarse))
 
 
 def test_without_a_record_the_normalised_form_is_written(tmp_path: Path) -> None:

@@ -65,13 +65,17 @@ class UserLayout:
             # np.take: about twice as fast as fancy indexing on numpy; Dask's own on Dask.
             values = (values[(slice(None),) * axis + (where,)] if isinstance(where, slice)
                       else np.take(values, where, axis=axis))
-        wanted = [d for d in self.dims if d in normal]
-        return values.transpose([normal.index(d) for d in wanted])
+        return values.transpose([normal.index(d) for d in _user_order(normal, self.dims)])
 
     @property
     def user_dims(self) -> tuple[str, ...]:
         """The variable's dimension names in the user's file, in order."""
         return tuple(self.names.get(d, d) for d in self.dims)
+
+
+def _user_order(dims: tuple[str, ...], user: tuple[str, ...]) -> list[str]:
+    """``dims`` in the user's order; any the user's variable lacks (an added time) first."""
+    return [d for d in dims if d not in user] + [d for d in user if d in dims]
 
 
 def _is_identity(order: NDArray[np.int64]) -> bool:
@@ -198,8 +202,7 @@ def _restore_time(out: xr.Dataset, record: FieldConventions) -> xr.Dataset:
 def _restore_variable(var: xr.DataArray, record: FieldConventions, layout: UserLayout
                       ) -> xr.DataArray:
     """The variable in the user's dimension order, with its attributes and encoding."""
-    order = [d for d in layout.dims if d in var.dims]
-    var = var.transpose(*order, *[d for d in var.dims if d not in order])
+    var = var.transpose(*_user_order(tuple(map(str, var.dims)), layout.dims))
     attrs = {k: v for k, v in record.attrs.items() if k not in DROPPED_ATTRS}
     attrs.pop("grid_mapping", None)  # only where its variable goes with it (not dangling)
     if record.grid_mapping is not None:
