@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 from conftest import VARIABLE, assert_cf_compliant, make_latlon_nc
 
+from downscale.aggregate import coarsen_field
 from downscale.cf import downscaled_dataset
 from downscale.conventions import conventions_of, restore, user_layout, with_conventions
 from downscale.grid import horizontal_dims, nesting_factor
@@ -271,10 +272,15 @@ def test_run_keeps_the_users_conventions(checkpoint: Path, tmp_path: Path) -> No
         assert np.all(np.diff(res["latitude"].values) < 0)
         np.testing.assert_array_equal(res["time_bnds"].values, src["time_bnds"].values)
         assert res[VARIABLE].attrs["comment"] == "a test field"
-        # Conservation in the user's layout: each coarse cell's area-weighted fine mean.
+        assert res[VARIABLE].encoding["dtype"] == np.float64
+        assert res[VARIABLE].encoding["_FillValue"] == -999.0
+        # Fine cells split the 0..360 coarse cells (edges 0, 20, ..., 360) exactly.
+        lon_b = res["longitude_bnds"].values
+        np.testing.assert_array_equal(lon_b[::4, 0], np.arange(0.0, 360.0, 20.0))
+        np.testing.assert_array_equal(lon_b[3::4, 1], np.arange(20.0, 380.0, 20.0))
+        # Conservation: the output read back like any input, coarsened, is the input.
         fine = open_field(out, VARIABLE)
         coarse = open_field(tmp_path / "big.nc", VARIABLE)
-        from downscale.aggregate import coarsen_field
         back = coarsen_field(fine, VARIABLE, (4, 4))
         np.testing.assert_allclose(back[VARIABLE].values, coarse[VARIABLE].values, rtol=1e-5)
     assert_cf_compliant(out, tmp_path)
