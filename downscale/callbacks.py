@@ -12,6 +12,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from downscale.cf import downscaled_dataset
+from downscale.conventions import conventions_of, user_layout
 from downscale.io import write_netcdf
 from downscale.writers import NetCDFWriter
 
@@ -78,8 +79,10 @@ class NetCDFPredictionWriter(BasePredictionWriter):
             shape = (len(self._time_row), *values.shape[1:])
             lazy = dsa.zeros(shape, chunks=(values.shape[0], -1, -1), dtype=np.float32)
             ds = self._dataset(trainer, lazy)
+            record = conventions_of(self._template)
+            layout = None if record is None else user_layout(self._template, record)
             self._writer = NetCDFWriter(ds, str(next(iter(ds.data_vars))), Path(self.output),
-                                        time_chunk=values.shape[0])
+                                        time_chunk=values.shape[0], layout=layout)
             self._writer.create()
         row = int(prediction["row"])
         self._writer.write(row, row + values.shape[0], values)

@@ -1,4 +1,10 @@
-"""CF-1.8 metadata for the NetCDF files the package writes."""
+"""CF-1.11 metadata for the NetCDF files the package writes, in the input's conventions.
+
+Every output passes the IOOS compliance-checker's ``cf:1.11`` suite without errors or
+warnings (``tests/test_standards.py``): bounds are data variables, not coordinates (so no
+global ``coordinates`` attribute), and CF-1.11's recommended ``units_metadata`` is stated
+for temperatures and for times on calendars with leap seconds.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,14 @@ import numpy as np
 import xarray as xr
 
 from downscale import __version__
+from downscale.conventions import conventions_of, restore
 from downscale.io import history_line
 
-CONVENTIONS = "CF-1.8"
+CONVENTIONS = "CF-1.11"
 
 #: Attributes copied from the source variable to the downscaled one.
-_KEPT_ATTRS = ("standard_name", "long_name", "units", "cell_methods", "comment")
+_KEPT_ATTRS = ("standard_name", "long_name", "units", "units_metadata", "cell_methods",
+               "comment")
 
 
 def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Dataset,
@@ -27,7 +35,11 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
     Args:
         values: ``(time, H, W)`` (or ``(H, W)`` for fields without time), NaN = missing;
             a numpy array, or a Dask array that stays lazy (written chunk by chunk).
-        template: The fine grid (coords and bounds) from :func:`downscale.io.open_field`.
+        template: The fine grid (coords and bounds) in normalised form, from
+            :func:`downscale.io.open_field`. When it carries the input's conventions
+            (:func:`downscale.conventions.conventions_of`), the Dataset comes back in
+            them (:func:`downscale.conventions.restore`): names, dimension order,
+            longitude range, latitude order, time bounds, attributes, encoding.
         variable: Output variable name (the source's name).
         source_attrs: The source variable's attributes (units, standard_name, ...).
         factor: The upsampling factor, recorded in the history.
@@ -38,6 +50,7 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
         extra_attrs: Further global attributes (provenance), added last.
 
     """
+    record = conventions_of(template)
     ydim = "lat" if "lat" in template.dims else "y"
     xdim = "lon" if ydim == "lat" else "x"
     no_time = bool(template.attrs.get("downscale_added_time"))
@@ -50,8 +63,12 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
     methods = str(attrs.get("cell_methods", ""))
     if "area:" not in methods:
         attrs["cell_methods"] = (methods + " area: mean").strip()
+    attrs.update(_units_metadata(attrs))
     ds = xr.Dataset({variable: (dims, values.astype(np.float32), attrs)},
                     coords={c: template[c] for c in template.coords})
+    # Bounds are not coordinates in CF (and as coordinates xarray would list them in a
+    # global "coordinates" attribute, which CF does not have).
+    ds = ds.reset_coords([c for c in map(str, ds.coords) if c.endswith("_bnds")])
     ds[variable].encoding.update(_FillValue=np.float32(fill_value), zlib=True, complevel=4)
     for dim in (ydim, xdim):
         ds[dim].attrs["bounds"] = f"{dim}_bnds"
@@ -64,6 +81,8 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
         ds["time"].attrs.setdefault("standard_name", "time")
         ds["time"].attrs.setdefault("axis", "T")
         ds["time"].attrs.pop("bounds", None)
+        if _calendar(ds["time"]) in _LEAP_SECOND_CALENDARS:
+            ds["time"].attrs.setdefault("units_metadata", "leap_seconds: unknown")
         # CF 2.5.1: coordinate variables must not have a _FillValue (xarray adds one).
         ds["time"].encoding["_FillValue"] = None
     sources = str(template.attrs.get("source_files", ""))
@@ -80,4 +99,33 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
         "downscale_inputs": sources,
         **(extra_attrs or {}),
     }
-    return ds
+    return restore(ds, record)
+
+
+#: Calendars whose times may or may not count leap seconds (CF-1.11 §4.4.3).
+_LEAP_SECOND_CALENDARS = ("standard", "gregorian", "proleptic_gregorian", "julian")
+
+
+def _calendar(time: xr.DataArray) -> str:
+    """The CF calendar of a decoded time coordinate."""
+    if np.issubdtype(time.dtype, np.datetime64):
+        return str(time.encoding.get("calendar", "proleptic_gregorian"))
+    return str(time.encoding.get("calendar", time.attrs.get("calendar", "standard")))
+
+
+def _units_metadata(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """CF-1.11 §3.1.2 ``units_metadata`` for a temperature that does not state it.
+
+    A quantity whose standard name ends in "temperature" is a temperature on its scale
+    (differences, anomalies and tendencies have names of their own); any other
+    temperature unit is marked unknown rather than guessed.
+    """
+    if "units_metadata" in attrs:
+        return {}
+    standard = str(attrs.get("standard_name", ""))
+    units = str(attrs.get("units", "")).strip()
+    if standard.endswith("temperature"):
+        return {"units_metadata": "temperature: on_scale"}
+    if units in ("K", "degC", "Celsius", "degree_Celsius", "celsius", "degF", "degree_C"):
+        return {"units_metadata": "temperature: unknown"}
+    return {}

@@ -91,8 +91,11 @@ def common_variables(coarse_path: str, fine_path: str) -> list[str]:
             raise InputError("file not found", path=path, hint="check the path")
         try:
             with xr.open_dataset(path, decode_times=False) as ds:
+                # Bounds by name, or named by a coordinate (outputs keep the input's names).
+                bounds = {str(ds[v].attrs.get("bounds")) for v in ds.variables}
                 names.append({str(v) for v, da in ds.data_vars.items()
-                              if da.ndim >= 2 and not str(v).endswith(("_bnds", "_bounds"))})
+                              if da.ndim >= 2 and str(v) not in bounds
+                              and not str(v).endswith(("_bnds", "_bounds"))})
         except (OSError, ValueError) as exc:
             raise InputError(f"not a readable NetCDF file ({exc})", path=path,
                              hint="check the file is complete and not corrupt") from exc

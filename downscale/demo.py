@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import xarray as xr
-
-from downscale.io import make_output_folder
+from downscale.io import make_output_folder, open_field
 
 if TYPE_CHECKING:
     from downscale.data import DownscalingDataModule
@@ -96,8 +94,8 @@ def evaluate(output_nc: Path, dm: DownscalingDataModule, png: Path) -> dict[str,
     truth_ds = dm.source.dataset.isel(time=dm.splits["test"])
     truth = truth_ds[VARIABLE].load()
     coarse = coarsen_field(truth_ds, VARIABLE, (FACTOR, FACTOR))[VARIABLE].load()
-    with xr.open_dataset(output_nc) as written:
-        pred = written[VARIABLE].load()
+    # The output is in the input's conventions (names, longitude range); compare it in ours.
+    pred = open_field(output_nc, VARIABLE)[VARIABLE].load()
     area = cell_areas(truth_ds).values
     bicubic = upsample(coarse.values, FACTOR, UpsamplingMethod.BICUBIC)
     err = conservation_error(pred.values, coarse.values, area, FACTOR)

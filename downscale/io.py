@@ -29,6 +29,13 @@ import numpy as np
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
+from downscale.conventions import (
+    add_file_metadata,
+    conventions_of,
+    join_in_time,
+    record_field,
+    with_conventions,
+)
 from downscale.errors import InputError
 from downscale.grid import bounds_from_centres
 
@@ -79,7 +86,9 @@ def open_field(
     if not path_list:
         raise InputError("no input files given", variable=variable, hint="pass at least one path")
     pieces = [_open_one(p, variable, chunks) for p in path_list]
-    field = pieces[0] if len(pieces) == 1 else _concat_in_time(pieces, path_list, variable)
+    field = pieces[0] if len(pieces) == 1 else with_conventions(
+        _concat_in_time(pieces, path_list, variable),
+        join_in_time([conventions_of(p) for p in pieces]))
     where = ", ".join(str(p) for p in path_list)
     if time is not None:
         field = _select_time(field, time, where, variable)
@@ -134,7 +143,10 @@ def _normalise_opened(ds: xr.Dataset, path: Path, variable: str,
     # Lazy Dask reads of one index of every leading dimension (a time step) at a time, so
     # memory is bounded by the chunks asked for below, whatever the file's layout.
     da = da.chunk({d: (1 if i < da.ndim - 2 else -1) for i, d in enumerate(da.dims)})
-    field = normalise_field(da, path=path, bounds=_file_bounds(ds, da))
+    field = normalise_field(da, path=path, bounds=_file_bounds(ds, da), keep_conventions=True)
+    record = conventions_of(field)
+    if record is not None:
+        with_conventions(field, add_file_metadata(record, ds))
     field[variable].encoding.pop("coordinates", None)  # names coordinates that are dropped
     field[variable] = field[variable].chunk(
         {**{d: (1 if d == "time" else -1) for d in field[variable].dims}, **(chunks or {})})
@@ -203,7 +215,8 @@ def _file_bounds(ds: xr.Dataset, da: xr.DataArray) -> dict[str, NDArray[np.float
 
 
 def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
-                    bounds: Mapping[str, ArrayLike] | None = None) -> xr.Dataset:
+                    bounds: Mapping[str, ArrayLike] | None = None,
+                    keep_conventions: bool = False) -> xr.Dataset:
     """Bring a field onto the package's conventions (see module docstring).
 
     Args:
@@ -212,6 +225,10 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
         bounds: Cell bounds, shape ``(n, 2)``, by the dimension names of ``da``, in the
             order of ``da``'s coordinates; they are reordered with the grid. Dimensions
             without bounds get bounds inferred halfway between centres.
+        keep_conventions: Record ``da``'s own form (names, order, longitude range,
+            attributes) for outputs to return to
+            (:func:`downscale.conventions.conventions_of`); for fields read from a user's
+            file, not for arrays the package arranged itself.
 
     Returns:
         A Dataset with the variable, dims ``(time, lat, lon)`` or ``(time, y, x)``, and
@@ -221,6 +238,7 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
         InputError: For grids that cannot be normalised.
     """
     name = str(da.name)
+    original = da.copy(deep=False)  # its own attribute dicts: kept for the way back
 
     def fail(problem: str, hint: str) -> InputError:
         return InputError(problem, path=path, variable=name, hint=hint)
@@ -258,8 +276,14 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
         coords[f"{dim}_bnds"] = ((dim, "bnds"), _bounds(
             da, dim, given[dim], file_centres[dim][index], labels[dim], fail))
         da[dim].attrs["bounds"] = f"{dim}_bnds"
+    record = record_field(
+        original, da, names={k: v for k, v in labels.items() if k != "time" or tdim},
+        file_centres=file_centres, bounds={d: coords[f"{d}_bnds"][1] for d in (ydim, xdim)},
+        positions={d: da[_INDEX.format(d)].values for d in (ydim, xdim)}, file_bounds=given)
     da = da.drop_vars([_INDEX.format(d) for d in (ydim, xdim)])
     ds = da.to_dataset().assign_coords(coords)
+    if keep_conventions:
+        with_conventions(ds, record)
     if added_time:
         ds.attrs["downscale_added_time"] = 1
     return ds
@@ -304,6 +328,10 @@ def _find_horizontal_dims(da: xr.DataArray, fail: Fail) -> tuple[str, str, bool]
                        "regrid to a regular latitude-longitude grid first (e.g. cdo remapcon)")
     if "y" in da.dims and "x" in da.dims:
         return "y", "x", False
+    projected = {str(da[d].attrs.get("standard_name", "")): str(d) for d in da.dims
+                 if d in da.coords}
+    if "projection_y_coordinate" in projected and "projection_x_coordinate" in projected:
+        return projected["projection_y_coordinate"], projected["projection_x_coordinate"], False
     raise fail(f"no latitude/longitude dimensions found in {tuple(map(str, da.dims))}",
                "name them lat/lon or give them CF standard_name attributes")
 

@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import xarray as xr
 
+from downscale.conventions import UserLayout
 from downscale.io import (
     check_output_target,
     commit_output,
@@ -95,10 +96,13 @@ class NetCDFWriter:
         final: The final path.
         time_chunk: Time steps per write, for the NetCDF chunk shape (:func:`netcdf_chunks`;
             zlib level 4 as the template's encoding says).
+        layout: The input's layout, to write normalised values in the user's conventions
+            (:func:`downscale.batch.plan.output_layout`); None writes them as given.
     """
 
     def __init__(self, template: xr.Dataset, variable: str, final: Path,
-                 time_chunk: int = 1) -> None:
+                 time_chunk: int = 1, layout: UserLayout | None = None) -> None:
+        self.layout = layout
         template = template.copy()
         data = template[variable]
         data.encoding["chunksizes"] = netcdf_chunks(data.shape, time_chunk)
@@ -125,9 +129,10 @@ class NetCDFWriter:
     def write(self, t0: int, t1: int, values: np.ndarray[Any, Any]) -> None:
         """Write time steps ``t0:t1`` (NaN becomes the variable's ``_FillValue``)."""
         var = self._nc[self.variable]
-        where = slice(t0, t1) if "time" in var.dimensions else slice(None)
+        dims = tuple(map(str, var.dimensions))
+        where = tuple(_time_region(dims, self.layout, t0, t1).values())
         with output_errors(self.final, self.tmp, self.template):
-            var[where] = np.ma.masked_invalid(_shaped(values, var.dimensions))
+            var[where] = np.ma.masked_invalid(_shaped(values, dims, self.layout))
 
     def finish(self) -> Path:
         """Close, verify and rename the file."""
@@ -166,10 +171,12 @@ class ZarrWriter:
         time_chunk: Time steps of each Zarr chunk: every slab written is whole chunks
             (the last may be short), so that parallel region writes never share a chunk.
         tag: Stable part of the temporary name.
+        layout: As for :class:`NetCDFWriter`.
     """
 
     def __init__(self, template: xr.Dataset | None, variable: str, final: Path,
-                 time_chunk: int, tag: str) -> None:
+                 time_chunk: int, tag: str, layout: UserLayout | None = None) -> None:
+        self.layout = layout
         self.template, self.variable, self.final = template, variable, final
         self.time_chunk = time_chunk
         self.tmp = temporary_path(final, tag)
@@ -207,8 +214,8 @@ class ZarrWriter:
 
     def write(self, t0: int, t1: int, values: np.ndarray[Any, Any]) -> None:
         """Write time steps ``t0:t1`` into the temporary store (a region write)."""
-        region = {d: slice(t0, t1) if d == "time" else slice(None) for d in self.dims}
-        part = xr.Dataset({self.variable: (self.dims, _shaped(values, self.dims))})
+        region = _time_region(self.dims, self.layout, t0, t1)
+        part = xr.Dataset({self.variable: (self.dims, _shaped(values, self.dims, self.layout))})
         part.to_zarr(self.tmp, region=region, consolidated=False, zarr_format=ZARR_FORMAT)
 
     def mark_done(self, t0: int, t1: int) -> None:
@@ -240,16 +247,37 @@ class ZarrWriter:
 
 
 def make_writer(template: xr.Dataset, variable: str, final: Path, time_chunk: int,
-                tag: str) -> NetCDFWriter | ZarrWriter:
+                tag: str, layout: UserLayout | None = None) -> NetCDFWriter | ZarrWriter:
     """The writer for ``final``: Zarr for a ``.zarr`` path, else NetCDF."""
     if is_zarr(final):
-        return ZarrWriter(template, variable, final, time_chunk, tag)
-    return NetCDFWriter(template, variable, final, time_chunk)
+        return ZarrWriter(template, variable, final, time_chunk, tag, layout)
+    return NetCDFWriter(template, variable, final, time_chunk, layout)
 
 
-def _shaped(values: np.ndarray[Any, Any], dims: tuple[str, ...]) -> np.ndarray[Any, Any]:
-    """``(T, H, W)`` values as the output variable's shape (``(H, W)`` without time)."""
-    return values if "time" in dims else values.reshape(values.shape[-2:])
+def _shaped(values: np.ndarray[Any, Any], dims: tuple[str, ...], layout: UserLayout | None
+            ) -> np.ndarray[Any, Any]:
+    """``(T, H, W)`` normalised values as the output variable's array, in the user's layout.
+
+    Without time the values become ``(H, W)``. With ``layout`` (the input's conventions,
+    :func:`downscale.conventions.user_layout`) the axes, latitude order and longitude range
+    follow the user's file; without, the normalised order is the output's.
+    """
+    if _time_dim(dims, layout) is None:
+        values = values.reshape(values.shape[-2:])
+    return values if layout is None else np.asarray(layout.apply(values))
+
+
+def _time_dim(dims: tuple[str, ...], layout: UserLayout | None) -> str | None:
+    """The output's name of the time dimension, if the variable has one."""
+    name = "time" if layout is None else layout.names.get("time", "time")
+    return name if name in dims else None
+
+
+def _time_region(dims: tuple[str, ...], layout: UserLayout | None, t0: int, t1: int
+                 ) -> dict[str, slice]:
+    """Where time steps ``t0:t1`` go, by the output's dimension names."""
+    time = _time_dim(dims, layout)
+    return {d: slice(t0, t1) if d == time else slice(None) for d in dims}
 
 
 def resumable_names(final: Path, tag: str) -> set[str]:

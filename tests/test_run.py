@@ -97,7 +97,7 @@ def test_output_is_cf_netcdf_with_provenance(reference: Path, checkpoint: Path,
         assert da.dims == ("time", "lat", "lon") and da.shape == (N_TIME, 36, 48)
         assert da.attrs["units"] == "K" and da.attrs["standard_name"] == VARIABLE
         assert "area: mean" in da.attrs["cell_methods"]
-        assert ds.attrs["Conventions"] == "CF-1.8"
+        assert ds.attrs["Conventions"] == "CF-1.11"
         assert ds["lat"].attrs["bounds"] == "lat_bnds" and ds["lon"].attrs["bounds"] == "lon_bnds"
         assert ds["time"].encoding["calendar"] == "360_day"
         np.testing.assert_array_equal(ds["time"].values, coarse["time"].values)

@@ -22,6 +22,7 @@ import xarray as xr
 
 from downscale import __version__
 from downscale.checkpoint import CheckpointInfo
+from downscale.conventions import UserLayout
 from downscale.errors import InputError
 from downscale.grid import horizontal_dims
 
@@ -107,6 +108,7 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
     Each coarse cell is split evenly into ``factor x factor`` cells; the time coordinate
     (with its encoding: units, calendar) and the dataset's attributes are kept.
     """
+    from downscale.conventions import conventions_of, with_conventions
     from downscale.inference import fine_bounds
 
     ydim, xdim = horizontal_dims(coarse)
@@ -115,7 +117,8 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
         bnds = fine_bounds(coarse[f"{dim}_bnds"].values, factor)
         coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))
         coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
-    return xr.Dataset(coords=coords, attrs=dict(coarse.attrs))
+    fine = xr.Dataset(coords=coords, attrs=dict(coarse.attrs))
+    return with_conventions(fine, conventions_of(coarse))  # the output keeps the input's
 
 
 def output_template(job: Job, plan: OutputPlan) -> xr.Dataset:
@@ -138,6 +141,20 @@ def output_template(job: Job, plan: OutputPlan) -> xr.Dataset:
                             factor=job.factor, checkpoint=job.checkpoint, history=job.history,
                             extra_attrs=job.attrs)
     return ds
+
+
+def output_layout(job: Job, plan: OutputPlan) -> UserLayout | None:
+    """How the writers put normalised fine values into the user's layout (None: as they are).
+
+    The counterpart of :func:`output_template`, whose coordinates follow the input's
+    conventions (:func:`downscale.conventions.restore`): the values must follow them too.
+    """
+    from downscale.conventions import conventions_of, user_layout
+
+    source = field_source(plan.inputs, job.variable)
+    grid = fine_template(source.dataset, job.factor, plan.start, plan.stop)
+    record = conventions_of(grid)
+    return None if record is None else user_layout(grid, record)
 
 
 def auto_time_chunk(field: xr.Dataset, factor: int) -> int:
