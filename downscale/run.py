@@ -80,6 +80,7 @@ from downscale.checkpoint import (
 )
 from downscale.errors import CheckpointError, InputError
 from downscale.grid import horizontal_dims
+from downscale.validate import check_coverage
 
 if TYPE_CHECKING:
     from downscale.data.covariate import StaticCovariate
@@ -211,7 +212,7 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int) -> F
     ds = source.dataset
     ydim, xdim = horizontal_dims(ds)
     values = source.read(slice(start, stop), slice(None), slice(None))
-    check_values(source.data, values, path=", ".join(inputs))
+    check_values(source.data, values, path=", ".join(inputs), offset={"time": start})
     _test_pause("read")
     model = load_model(job.checkpoint, job.checkpoint_sha256, job.device, job.task)
     y_bnds, x_bnds = ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values
@@ -710,6 +711,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="redo outputs that are "
                         "complete")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--strict", action="store_true", help="refuse an input, or a time "
+                        "step, with no valid value (default: warn; missing in, missing out)")
     return parser
 
 
@@ -819,6 +822,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                               f"--variable selects '{variable}'. Use a checkpoint trained for "
                               f"'{variable}'.")
     fields = _open_inputs([str(p) for p in args.input], variable, ckpt)
+    for path, field in zip(args.input, fields, strict=True):
+        check_coverage(field[variable], path=path, strict=args.strict)
     _check_covariate(args, ckpt, fields[0])
     directory, plans = plan_outputs(args, ckpt, variable, fields)
     model = load_model(ckpt.path, ckpt.sha256, "cpu", ckpt.task)  # fail here, not per worker
