@@ -167,7 +167,8 @@ def check_values(da: xr.DataArray, values: np.ndarray[Any, Any], *,
     def refuse(problem: str, mask: NDArray[np.bool_], hint: str) -> InputError:
         at = _describe_position(da, _first(mask), offset)
         count = int(np.count_nonzero(mask))
-        return InputError(problem.format(n=count, s="s" * (count > 1), at=at), path=where,
+        return InputError(problem.format(n=count, s="s" * (count > 1), at=at,
+                                         look="look" if count > 1 else "looks"), path=where,
                           variable=str(da.name), hint=hint.format(at=at))
 
     infinite = np.isinf(values)
@@ -185,7 +186,7 @@ def check_values(da: xr.DataArray, values: np.ndarray[Any, Any], *,
     for sentinel, what in SENTINELS.items():
         hits = values == sentinel
         if abs(sentinel) < SUSPICIOUS_MAGNITUDE and hits.any() and not _admits(bounds, sentinel):
-            raise refuse(f"{{n}} value{{s}} equal to {sentinel:g} ({what}) look like an "
+            raise refuse(f"{{n}} value{{s}} equal to {sentinel:g} ({what}) {{look}} like an "
                          "undeclared fill value (first at {at})", hits,
                          f"declare it with the _FillValue or missing_value attribute (e.g. "
                          f"ncatted -a _FillValue,{da.name},o,d,{sentinel:g}), or fix the values")
@@ -302,9 +303,9 @@ def mask_outside_valid_range(da: xr.DataArray, path: PathLike | None) -> xr.Data
         _REPORTED[key] = count = int(outside.sum())
         if count:
             span = f"[{low:g}, {high:g}]"
-            log.warning("%s: %s: %d value%s outside the declared valid range %s are treated "
+            log.warning("%s: %s: %d value%s outside the declared valid range %s %s treated "
                         "as missing (CF valid_min/valid_max/valid_range).", path, da.name,
-                        count, "s" * (count > 1), span)
+                        count, "s" * (count > 1), span, "are" if count > 1 else "is")
     masked = da.where(~outside)
     masked.attrs, masked.encoding = dict(da.attrs), dict(da.encoding)
     return masked

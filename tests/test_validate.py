@@ -87,7 +87,7 @@ def test_negative_precipitation_and_humidity_above_one_are_refused() -> None:
         check_values(_field(rain, "precipitation_flux", "mm/day", "pr"), rain, path="pr.nc")
     humidity = np.full((1, 2, 2), 0.01)
     humidity[0, 1, 1] = 1.5
-    with pytest.raises(InputError, match=r"1 value above 1 kg/kg, impossible for specific_humidity"):
+    with pytest.raises(InputError, match=r"1 value above 1 kg/kg, impossible for specific_hum"):
         check_values(_field(humidity, "specific_humidity", "kg/kg", "hus"), humidity)
 
 

@@ -160,8 +160,14 @@ class FieldSource:
         with dask.config.set(scheduler="synchronous"):
             return np.asarray(block.values, dtype=np.float32)
 
-    def scan(self, times: Sequence[int]) -> tuple[NormStats, NDArray[np.bool_]]:
+    def scan(self, times: Sequence[int], check: Sequence[int] | None = None
+             ) -> tuple[NormStats, NDArray[np.bool_]]:
         """One lazy pass over the given time steps: statistics, checks and the static mask.
+
+        Args:
+            times: The time steps of the statistics and the mask (the training split).
+            check: The time steps whose values are checked (default ``times``); give all of
+                them, so that no split downscales impossible values.
 
         Returns:
             The mean and standard deviation over valid cells, and the mask of fine cells
@@ -172,23 +178,27 @@ class FieldSource:
                 impossible for the quantity (:func:`downscale.validate.check_values`).
 
         """
+        check = list(times if check is None else check)
         arr = self.data.isel(time=list(times)).data.astype(np.float64)
         finite = dsa.isfinite(arr)
         values = dsa.where(finite, arr, 0.0)
-        count, total, total_sq, lowest, highest, n_inf, ever_valid, per_step = dask.compute(  # type: ignore[attr-defined,no-untyped-call]
-            finite.sum(), values.sum(), (values**2).sum(), dsa.where(finite, arr, np.inf).min(),
-            dsa.where(finite, arr, -np.inf).max(), dsa.isinf(arr).sum(), finite.any(axis=0),
-            finite.sum(axis=(1, 2)))
+        checked = self.data.isel(time=check).data.astype(np.float64)
+        ok = dsa.isfinite(checked)
+        count, total, total_sq, ever_valid, lowest, highest, n_inf, per_step = dask.compute(  # type: ignore[attr-defined,no-untyped-call]
+            finite.sum(), values.sum(), (values**2).sum(), finite.any(axis=0),
+            dsa.where(ok, checked, np.inf).min(), dsa.where(ok, checked, -np.inf).max(),
+            dsa.isinf(checked).sum(), ok.sum(axis=(1, 2)))
         where = f"{', '.join(self.paths)}"
         if count == 0:
             raise InputError("no valid values in the selected time steps", path=where,
                              variable=self.variable, hint="check the time selection and "
                              "the _FillValue attribute")
         if suspicious(self.data, float(lowest), float(highest), int(n_inf)):
-            for t in times:  # read again, step by step, to name what is wrong and where
-                check_values(self.data, self._read_block(t, slice(None), slice(None)),
+            for t in check:  # read again, step by step, to name what is wrong and where
+                check_values(self.data, self._read_block(slice(t, t + 1), slice(None),
+                                                         slice(None)),
                              path=where, offset={"time": t})
-        report_coverage(self.data.isel(time=list(times)), per_step, path=where)
+        report_coverage(self.data.isel(time=check), per_step, path=where)
         mean = total / count
         std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
         return NormStats(float(mean), std if std > 0 else 1.0), np.asarray(ever_valid)
