@@ -114,6 +114,8 @@ def test_a_killed_worker_is_survived_or_reported_and_a_rerun_completes(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    print(f"{mode}: the run {'completed' if proc.returncode == 0 else 'failed'} after the "
+          "worker was killed")  # which of the two outcomes (pytest -rP shows it)
     if proc.returncode != 0:  # refused in one line; the rerun completes the outputs
         assert "Traceback" not in stderr, stderr[-3000:]
         lines = [ln for ln in stderr.splitlines() if ln.startswith("downscale: error:")]
