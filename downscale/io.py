@@ -16,6 +16,7 @@ import contextlib
 import datetime as _dt
 import difflib
 import errno
+import logging
 import os
 import shutil
 import uuid
@@ -38,11 +39,11 @@ from downscale.conventions import (
 )
 from downscale.errors import InputError
 from downscale.grid import bounds_from_centres
+from downscale.validate import SUSPICIOUS_MAGNITUDE as SUSPICIOUS_MAGNITUDE
+from downscale.validate import check_values as check_values
+from downscale.validate import coordinate_scale, mask_outside_valid_range
 
 PathLike = str | os.PathLike[str]
-
-#: Values at or beyond this magnitude in a field are undeclared fill values, not data.
-SUSPICIOUS_MAGNITUDE = 1e20
 
 _LAT_NAMES = ("lat", "latitude", "nav_lat", "y_lat")
 _LON_NAMES = ("lon", "longitude", "nav_lon", "x_lon")
@@ -53,6 +54,7 @@ _ROTATED_HINT = "regrid to a regular latitude-longitude grid first (e.g. cdo rem
 _INDEX = "__downscale_index_{}"
 
 Fail = Callable[[str, str], InputError]
+log = logging.getLogger(__name__)
 
 
 def open_field(
@@ -249,6 +251,10 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
     labels = {new_y: ydim, new_x: xdim, "time": tdim or "time"}
     given = {new_y: bounds.get(ydim) if bounds else None,
              new_x: bounds.get(xdim) if bounds else None}
+    for old, new in ((ydim, new_y), (xdim, new_x)):
+        if old in da.coords:
+            da, given[new] = _in_package_units(da, old, new, given[new], latlon, fail)
+    da = mask_outside_valid_range(da, path)
 
     extra = [d for d in map(str, da.dims) if d not in (ydim, xdim, tdim)]
     # Scalar and auxiliary coordinates (height, forecast_period, ...) are not carried.
@@ -287,6 +293,19 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
     if added_time:
         ds.attrs["downscale_added_time"] = 1
     return ds
+
+
+def _in_package_units(da: xr.DataArray, dim: str, new: str, bounds: ArrayLike | None,
+                      latlon: bool, fail: Fail) -> tuple[xr.DataArray, ArrayLike | None]:
+    """Check a horizontal coordinate's units; projected km become metres (with its bounds)."""
+    attrs = da[dim].attrs
+    scale = coordinate_scale(attrs.get("units"), new, dim, latlon=latlon, fail=fail)
+    if scale == 1.0:
+        return da, bounds
+    log.info("%s: '%s' converted from %s to m.", da.name, dim, attrs.get("units"))
+    values = np.asarray(da[dim].values, dtype=np.float64) * scale
+    da = da.assign_coords({dim: (dim, values, {**attrs, "units": "m"})})
+    return da, None if bounds is None else np.asarray(bounds, dtype=np.float64) * scale
 
 
 def _coord_kind(name: str, attrs: Mapping[Any, Any]) -> str | None:
@@ -619,36 +638,6 @@ def _check_not_truncated(path: Path, variable: str) -> None:
     if required is not None and size < required:
         raise InputError(f"the file is truncated ({size} of {required} bytes)", path=path,
                          variable=variable, hint="re-download or re-create it")
-
-
-def check_values(da: xr.DataArray, values: np.ndarray[Any, Any], *, path: PathLike | None = None
-                 ) -> None:
-    """Reject undeclared fill values and infinities in a block of data read from ``da``.
-
-    Args:
-        da: The field the values came from (for its name and the file it was read from).
-        values: A block of its data, any shape.
-        path: The file, for the error message; defaults to the file ``da`` was read from.
-
-    Raises:
-        InputError: If the block holds magnitudes >= 1e20 (fill values the file does not
-            declare as ``_FillValue``/``missing_value``) or infinities.
-    """
-    where = path or da.attrs.get("source_files") or da.encoding.get("source")
-    values = np.asarray(values)
-    if not np.issubdtype(values.dtype, np.number):
-        return
-    finite = values[np.isfinite(values)]
-    largest = float(np.max(np.abs(finite))) if finite.size else 0.0
-    if largest >= SUSPICIOUS_MAGNITUDE:
-        raise InputError(f"values of magnitude {largest:.6g} look like undeclared fill values",
-                         path=where, variable=str(da.name),
-                         hint="declare them with the _FillValue or missing_value attribute")
-    n_inf = int(np.count_nonzero(np.isinf(values)))
-    if n_inf:
-        raise InputError(f"the field contains {n_inf} infinite value{'s' * (n_inf > 1)}",
-                         path=where,
-                         variable=str(da.name), hint="replace them with a declared _FillValue")
 
 
 def write_netcdf(ds: xr.Dataset, path: PathLike, *, verify: bool = True) -> Path:

@@ -463,7 +463,9 @@ def test_slurm_recipe_runs_downscale_run_on_its_cluster(reference: Path, checkpo
 
 
 def test_slurm_recipe_without_dask_jobqueue_is_one_clear_line(tmp_path: Path) -> None:
-    if importlib.util.find_spec("dask_jobqueue") is not None:  # it would submit real jobs
+    # Before the run: with dask-jobqueue (CI's slow step installs it) the recipe would wait
+    # for SLURM workers.
+    if importlib.util.find_spec("dask_jobqueue") is not None:
         pytest.skip("dask-jobqueue is installed here")
     result = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "slurm_run.py"), "--", "--checkpoint", "x"],

@@ -66,6 +66,7 @@ from downscale.batch.plan import AUTO_CHUNK_BYTES, FORMATS, Job, auto_time_chunk
 from downscale.batch.record import RunRecord
 from downscale.checkpoint import CheckpointInfo, read_checkpoint
 from downscale.errors import CheckpointError, InputError
+from downscale.validate import check_coverage
 from downscale.writers import resumable_names
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="torch device of the model (auto: cuda where available)")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    p.add_argument("--strict", action="store_true", help="refuse an input, or a time "
+                   "step, with no valid value (default: warn; missing in, missing out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -231,6 +234,8 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
                               f"'{variable}'.")
     inputs = [str(p) for p in args.input]
     fields = open_inputs(inputs, variable, ckpt)
+    for path, field in zip(inputs, fields, strict=True):
+        check_coverage(field[variable], path=path, strict=args.strict)
     covariate = check_covariate(args.covariate, args.covariate_variable, ckpt, fields[0])
     directory, plans = plan_outputs(
         ckpt, variable, inputs, fields, output=args.output, output_dir=args.output_dir,

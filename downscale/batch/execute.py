@@ -77,7 +77,7 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int,
     ds = source.dataset
     ydim, xdim = horizontal_dims(ds)
     values = source.read(slice(start, stop), slice(None), slice(None))
-    check_values(source.data, values, path=", ".join(inputs))
+    check_values(source.data, values, path=", ".join(inputs), offset={"time": start})
     hooks.pause("read")
     model = hooks.load_model(job.checkpoint, job.checkpoint_sha256, job.device, job.task)
     covariate = None

@@ -116,7 +116,7 @@ class DownscalingDataModule(L.LightningDataModule):
         self.splits = {"train": train, "val": val, "test": test, "all": list(range(n_time))}
         if self.coarse_source is not None:
             self._check_coarse_nests()
-        stats, valid = self.source.scan(train)
+        stats, valid = self.source.scan(train, check=self.splits["all"])
         if self.stats is None:  # restored from a checkpoint otherwise
             self.stats = stats
         self._valid = valid

@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 from downscale.aggregate import crop_to_factor
 from downscale.errors import InputError
 from downscale.grid import cell_areas, horizontal_dims, is_periodic_longitude
-from downscale.io import SUSPICIOUS_MAGNITUDE, open_field
+from downscale.io import open_field
+from downscale.validate import check_values, report_coverage, suspicious
 
 log = logging.getLogger(__name__)
 
@@ -159,35 +160,45 @@ class FieldSource:
         with dask.config.set(scheduler="synchronous"):
             return np.asarray(block.values, dtype=np.float32)
 
-    def scan(self, times: Sequence[int]) -> tuple[NormStats, NDArray[np.bool_]]:
+    def scan(self, times: Sequence[int], check: Sequence[int] | None = None
+             ) -> tuple[NormStats, NDArray[np.bool_]]:
         """One lazy pass over the given time steps: statistics, checks and the static mask.
+
+        Args:
+            times: The time steps of the statistics and the mask (the training split).
+            check: The time steps whose values are checked (default ``times``); give all of
+                them, so that no split downscales impossible values.
 
         Returns:
             The mean and standard deviation over valid cells, and the mask of fine cells
             that are valid at least once, shape ``(H, W)``.
 
         Raises:
-            InputError: No valid values, undeclared fill values or infinities.
+            InputError: No valid values, undeclared fill values, infinities or values
+                impossible for the quantity (:func:`downscale.validate.check_values`).
 
         """
+        check = list(times if check is None else check)
         arr = self.data.isel(time=list(times)).data.astype(np.float64)
         finite = dsa.isfinite(arr)
         values = dsa.where(finite, arr, 0.0)
-        count, total, total_sq, largest, n_inf, ever_valid = dask.compute(  # type: ignore[attr-defined,no-untyped-call]
-            finite.sum(), values.sum(), (values**2).sum(), dsa.fabs(values).max(),
-            dsa.isinf(arr).sum(), finite.any(axis=0))
+        checked = self.data.isel(time=check).data.astype(np.float64)
+        ok = dsa.isfinite(checked)
+        count, total, total_sq, ever_valid, lowest, highest, n_inf, per_step = dask.compute(  # type: ignore[attr-defined,no-untyped-call]
+            finite.sum(), values.sum(), (values**2).sum(), finite.any(axis=0),
+            dsa.where(ok, checked, np.inf).min(), dsa.where(ok, checked, -np.inf).max(),
+            dsa.isinf(checked).sum(), ok.sum(axis=(1, 2)))
         where = f"{', '.join(self.paths)}"
         if count == 0:
             raise InputError("no valid values in the selected time steps", path=where,
                              variable=self.variable, hint="check the time selection and "
                              "the _FillValue attribute")
-        if largest >= SUSPICIOUS_MAGNITUDE:
-            raise InputError(f"values of magnitude {largest:.3g} look like undeclared fill "
-                             "values", path=where, variable=self.variable,
-                             hint="declare them with the _FillValue or missing_value attribute")
-        if n_inf:
-            raise InputError(f"{int(n_inf)} infinite values", path=where, variable=self.variable,
-                             hint="replace them with a declared _FillValue")
+        if suspicious(self.data, float(lowest), float(highest), int(n_inf)):
+            for t in check:  # read again, step by step, to name what is wrong and where
+                check_values(self.data, self._read_block(slice(t, t + 1), slice(None),
+                                                         slice(None)),
+                             path=where, offset={"time": t})
+        report_coverage(self.data.isel(time=check), per_step, path=where)
         mean = total / count
         std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
         return NormStats(float(mean), std if std > 0 else 1.0), np.asarray(ever_valid)

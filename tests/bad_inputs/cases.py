@@ -299,7 +299,66 @@ def _all_missing(ctx: Context) -> dict[str, Call]:
     path = ctx.nc("all_nan.nc", data=np.full((3, N, N), np.nan))
     fragments = (str(path), VARIABLE, "no valid values")
     return {"fit": fit(ctx, path, fragments=fragments),
-            "predict": predict(ctx, path, fragments=fragments)}
+            "predict": predict(ctx, path, fragments=fragments),
+            "run --strict": run(ctx, path, extra=("--strict",), fragments=(
+                str(path), VARIABLE, "all values are missing", "--strict"))}
+
+
+def _missing_step(ctx: Context) -> dict[str, Call]:
+    data = _data(281.0)
+    data[1] = np.nan
+    path = ctx.nc("gap.nc", data=data)
+    return {"run --strict": run(ctx, path, extra=("--strict",), fragments=(
+        str(path), VARIABLE, "1 of 3 time steps have no valid value (first: time="))}
+
+
+#: Where _data puts its odd value: time step 0, latitude 42.5, longitude 13.5.
+_AT = "time=2000-01-01, lat=42.5, lon=13.5"
+
+
+def _sentinel(ctx: Context) -> dict[str, Call]:
+    path = ctx.nc("sentinel.nc", data=_data(-9999.0), fill_value=None)
+    return on_values(ctx, path, "1 value equal to -9999", "undeclared fill value", _AT,
+                     "_FillValue")
+
+
+def _cmip_fill(ctx: Context) -> dict[str, Call]:
+    path = ctx.nc("cmip_fill.nc", data=_data(1e20), fill_value=None)
+    return on_values(ctx, path, "1e+20, the CMIP fill value", _AT)
+
+
+def _zero_kelvin(ctx: Context) -> dict[str, Call]:
+    path = ctx.nc("zero_kelvin.nc", data=_data(0.0), fill_value=None)
+    return on_values(ctx, path, "1 value at or below 0 K, impossible for air_temperature", _AT)
+
+
+def _negative_precipitation(ctx: Context) -> dict[str, Call]:
+    data = np.abs(_data(1e-5)) * 1e-7
+    data[2, 4, 5] = -2e-6  # the last step: in the test split, checked too
+    path = ctx.nc("negative_pr.nc", data=data, units="kg m-2 s-1",
+                  attrs={"standard_name": "precipitation_flux"})
+    fragments = (str(path), VARIABLE, "1 value below 0, impossible for precipitation_flux",
+                 "lat=44.5, lon=15.5: -2e-06")
+    return {"fit": fit(ctx, path, fragments=fragments)}
+
+
+def _radians(ctx: Context) -> dict[str, Call]:
+    path = ctx.nc("radians.nc", lat=np.deg2rad(_lat()), lon=np.deg2rad(np.arange(N) + 10.5))
+    with netCDF4.Dataset(path, "a") as nc:
+        nc["lat"].units = "radians"
+        nc["lon"].units = "radians"
+    return everywhere(ctx, path, "the 'lat' coordinate is in radians, not degrees",
+                      "multiply by 57.29577951")
+
+
+def _projected_without_units(ctx: Context) -> dict[str, Call]:
+    ds = xr.Dataset({VARIABLE: (("time", "y", "x"), _data(281.0), {"units": "K"})}, coords={
+        "time": ("time", np.arange(3.0), {"units": "days since 2000-01-01",
+                                          "calendar": "360_day"}),
+        "y": ("y", np.arange(N) * 1000.0), "x": ("x", np.arange(N) * 1000.0)})
+    path = ctx.tmp / "xy_no_units.nc"
+    ds.to_netcdf(path)
+    return everywhere(ctx, path, "the projected 'y' coordinate has no units")
 
 
 def _not_divisible(ctx: Context) -> dict[str, Call]:
@@ -404,7 +463,17 @@ CASES = [
     Case("rotated-pole grid", _rotated_case),
     Case("undeclared fill values (9.97e36)", _undeclared_fill),
     Case("infinite values", _infinite),
-    Case("all values missing (NaN)", _all_missing, "run accepts it: missing in, missing out"),
+    Case("all values missing (NaN)", _all_missing,
+         "run without --strict warns in one line: missing in, missing out"),
+    Case("one time step entirely missing", _missing_step,
+         "without --strict a warning line; fit warns too"),
+    Case("undeclared sentinel -9999 in K", _sentinel),
+    Case("undeclared CMIP fill value 1e20", _cmip_fill),
+    Case("0 K in air temperature", _zero_kelvin),
+    Case("negative precipitation", _negative_precipitation,
+         "run and predict refuse the checkpoint's units first"),
+    Case("latitude/longitude in radians", _radians),
+    Case("projected y/x without units", _projected_without_units),
     Case("size not divisible by the factor (crop off)", _not_divisible),
     Case("coarse and fine grids do not nest", _not_nesting),
     Case("unit mismatch (degC vs K)", _units),

@@ -7,6 +7,7 @@ Set ``DOWNSCALE_BAD_INPUT_TABLE=FILE`` to collect the messages users see as JSON
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,28 @@ def test_longitude_0_360_across_greenwich_is_unwrapped(ctx: Context) -> None:
                   "note": "accepted", "message": "(accepted: unwrapped to -3.5..3.5 inside; "
                   "the output keeps the file's 0..360 values and equals that of the "
                   "-180..180 file)"})
+
+
+def test_values_outside_valid_range_are_missing_and_reported(
+        ctx: Context, caplog: pytest.LogCaptureFixture) -> None:
+    data = 280.0 + np.random.default_rng(0).random((3, 8, 8))
+    data[0, 2, 3] = 500.0
+    path = ctx.tmp / "valid_range.nc"
+    make_latlon_nc(path, lat=np.arange(8) + 40.5, lon=np.arange(8) + 10.5, data=data,
+                   variable=VARIABLE, calendar="360_day",
+                   attrs={"valid_range": np.array([180.0, 340.0])})
+    with caplog.at_level(logging.WARNING, logger="downscale"):
+        field = open_field(path, VARIABLE)
+        fine = _run_values(ctx, path)
+    assert np.isnan(field[VARIABLE].values).sum() == 1
+    assert np.isnan(field[VARIABLE].values[0, 2, 3])
+    assert bool(fine[VARIABLE][0, 8:12, 12:16].isnull().all())
+    (line,) = [r.getMessage() for r in caplog.records if "valid range" in r.getMessage()]
+    assert line == (f"{path}: {VARIABLE}: 1 value outside the declared valid range [180, 340] "
+                    "is treated as missing (CF valid_min/valid_max/valid_range).")
+    _SEEN.append({"case": "values outside valid_range", "entry": "api, run",
+                  "note": "accepted", "message": "(accepted: missing, as CF says; warning "
+                  "line) " + line.replace(str(ctx.tmp) + "/", "")})
 
 
 def test_malicious_checkpoint_payload_never_runs(ctx: Context) -> None:
