@@ -27,6 +27,7 @@ import xarray as xr
 
 from downscale.errors import InputError
 from downscale.grid import horizontal_dims, nesting_factor
+from downscale.helptext import plain
 from downscale.io import gridded_variables_in, open_field
 from downscale.metrics import ConservationError, checkerboard_index, conservation_error_xr
 
@@ -55,7 +56,7 @@ class VariableAudit:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downscale check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="downscale check", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--coarse", required=True, help="coarse NetCDF file")
     parser.add_argument("--fine", required=True, help="fine (downscaled) NetCDF file")

@@ -10,7 +10,6 @@ the variable, so that a typo is reported in about a second instead of after the 
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,9 +157,10 @@ def _docstring_args(doc: str) -> dict[str, str]:
 
 
 def _plain(text: str) -> str:
-    """Docstring text for a terminal: no Sphinx roles, quotes for literals, one line."""
-    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "'")
-    text = " ".join(text.split())
+    """Docstring text as one line of terminal help, starting in lower case."""
+    from downscale.helptext import plain
+
+    text = " ".join(plain(text).split())
     return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 

@@ -27,11 +27,12 @@ from downscale import __version__
 from downscale.aggregate import coarsen_field, crop_to_factor
 from downscale.check import require_variables
 from downscale.errors import InputError
+from downscale.helptext import plain
 from downscale.io import gridded_variables_in, open_field, write_netcdf
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downscale coarsen", description=__doc__,
+    parser = argparse.ArgumentParser(prog="downscale coarsen", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="fine NetCDF file")
     parser.add_argument("--factor", required=True, type=int,

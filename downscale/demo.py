@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import xarray as xr
 
+from downscale.helptext import plain
 from downscale.io import make_output_folder
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ DATASET, VARIABLE, FACTOR = "e1_north_america", "air_temperature", 4
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downscale demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="downscale demo", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output", help="output folder "
                         "(default: ./demo_output)")

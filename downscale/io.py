@@ -72,7 +72,7 @@ def open_field(
     Raises:
         InputError: The file is missing, unreadable or truncated, lacks the variable, its
             grid cannot be used, the files do not continue each other, or the time
-            selection is empty (see DESIGN.md §7).
+            selection is empty (see docs/method.md#bad-input).
     """
     path_list = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
     if not path_list:
