@@ -71,7 +71,7 @@ class DownscaleCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # Only training records its configuration; evaluation and prediction leave no folder.
-        if self.subcommand != "fit":
+        if not self._training():
             self.save_config_callback = None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -79,7 +79,7 @@ class DownscaleCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         root = str(config.get("default_root_dir") or DEFAULT_ROOT)
         logger = config.get("logger")
-        if self.subcommand != "fit":
+        if not self._training():
             logger = False
         elif logger is None or logger is True:
             logger = CSVLogger(root, name="")
@@ -87,6 +87,10 @@ class DownscaleCLI(LightningCLI):
         kwargs.update(default_root_dir=root, logger=logger,
                       callbacks=default_callbacks(callbacks, run_folder(logger, root)))
         return super().instantiate_trainer(**kwargs)
+
+    def _training(self) -> bool:
+        """Whether this run trains: ``fit``, or classes built without a subcommand (demo)."""
+        return self.subcommand in (None, "fit")
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -157,6 +161,13 @@ def remove_unused_log_dirs(loggers: Sequence[Logger]) -> None:
             shutil.rmtree(log_dir, ignore_errors=True)
 
 
+_CLI_OPTIONS: dict[str, Any] = {
+    "save_config_kwargs": {"overwrite": True},
+    "trainer_defaults": {"log_every_n_steps": 10, "default_root_dir": DEFAULT_ROOT,
+                         "max_epochs": DEFAULT_MAX_EPOCHS},
+    "seed_everything_default": 0,
+}
+
 #: Lightning messages that do not apply to a user of this package (hidden unless --verbose):
 #: the srun hint fires on any machine with SLURM installed, the LeafSpec deprecation comes
 #: from Lightning's own code, and one DataLoader worker is this package's choice (the step
@@ -185,6 +196,13 @@ def quiet_lightning(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def run_cli_classes(argv: Sequence[str]) -> DownscaleCLI:
+    """The CLI's model, datamodule and trainer from ``argv`` (no subcommand), not run."""
+    return DownscaleCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                        subclass_mode_data=True, args=list(argv), run=False,
+                        **_CLI_OPTIONS)
+
+
 def run_lightning_cli(argv: Sequence[str], *, verbose: bool = False) -> DownscaleCLI:
     """Run ``fit``/``validate``/``test``/``predict`` with ``argv`` (no program name).
 
@@ -200,8 +218,5 @@ def run_lightning_cli(argv: Sequence[str], *, verbose: bool = False) -> Downscal
         subclass_mode_data=True,
         # None when the arguments are the process's own (LightningCLI warns about both).
         args=None if list(argv) == sys.argv[1:] else list(argv),
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"log_every_n_steps": 10, "default_root_dir": DEFAULT_ROOT,
-                          "max_epochs": DEFAULT_MAX_EPOCHS},
-        seed_everything_default=0,
+        **_CLI_OPTIONS,
     )

@@ -87,13 +87,28 @@ def coarsen_file(path: str | Path, output: str | Path, factor: int,
 def coarse_cf(path: str | Path, variable: str, factor: int, *, crop: bool = True
               ) -> xr.Dataset:
     """One variable of ``path``, coarsened by ``factor``, as a CF Dataset (lazy)."""
-    from downscale.cf import downscaled_dataset
-
     fine = crop_to_factor(open_field(path, variable), (factor, factor), variable=variable,
                           allow_crop=crop)
+    return coarsened_cf(fine, variable, factor)
+
+
+def coarsened_cf(fine: xr.Dataset, variable: str, factor: int) -> xr.Dataset:
+    """The area-weighted coarsening of a normalised field, as a CF Dataset (lazy).
+
+    Args:
+        fine: A normalised field (:func:`downscale.io.open_field`) whose grid divides by
+            ``factor`` (:func:`downscale.aggregate.crop_to_factor`).
+        variable: The variable.
+        factor: Fine cells per coarse cell along each axis.
+
+    Returns:
+        The coarse field with CF attributes, bounds and a ``history`` naming the source.
+    """
+    from downscale.cf import downscaled_dataset
+
     coarse = coarsen_field(fine, variable, (factor, factor))
     action = (f"downscale {__version__} coarsen --factor {factor} (area-weighted mean of "
-              f"the valid fine cells) from {path}")
+              f"the valid fine cells) from {fine.attrs.get('source_files', 'memory')}")
     ds = downscaled_dataset(coarse[variable].data, coarse, variable,
                             dict(coarse[variable].attrs), factor=factor, checkpoint="",
                             history=action,
