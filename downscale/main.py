@@ -23,8 +23,8 @@ from downscale.errors import DownscaleError
 #: Subcommands handled outside LightningCLI: name -> (module, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("downscale.demo", "train on embedded real data, write a NetCDF and a map"),
-    "coarsen": ("downscale.coarsen", "area-weighted coarsening of a NetCDF file (a coarse "
-                "input, or the truth to check against)"),
+    "coarsen": ("downscale.coarsen", "area-weighted coarsening of a NetCDF file, as fit "
+                "and check do it"),
     "check": ("downscale.check", "audit a coarse/fine NetCDF pair for mass conservation"),
     "run": ("downscale.run", "downscale coarse NetCDF files with a checkpoint (Dask, resumable)"),
     "compare": ("downscale.compare", "train decoder variants alike, tabulate skill and artifacts"),
@@ -75,9 +75,9 @@ def _dispatch(argv: list[str]) -> None:
     elif argv[0] in LIGHTNING_COMMANDS:
         _lightning_command(argv[0], argv[1:], verbose)
     else:
-        raise DownscaleError(f"unknown command '{argv[0]}' (commands: "
-                      f"{', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])}); "
-                      "see downscale --help")
+        commands = ", ".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])
+        raise DownscaleError(f"unknown command '{argv[0]}' (commands: {commands}); see "
+                             "downscale --help")
 
 
 def _lightning_command(command: str, args: list[str], verbose: bool) -> None:
