@@ -14,9 +14,12 @@ Where a run writes, without anything in the configs (README.md, "Use"):
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -182,18 +185,30 @@ _QUIET_WARNINGS = (
 )
 
 
+#: Lightning's informational lines that do not help a user of this package: tips for
+#: other products, hardware availability (the accelerator in use is in the configuration),
+#: the seed (in config.yaml). Distributed set-up and the model summary stay.
+_QUIET_INFO = re.compile(r"Tip: |^[GTHI]PU available|^Seed set to")
+#: The loggers those lines come from (Lightning routes rank_zero_info through the first).
+_QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
+
+
+class _QuietFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _QUIET_INFO.search(record.getMessage())
+
+
 def quiet_lightning(verbose: bool = False) -> None:
     """Hide Lightning's tips, hardware lines and warnings that do not apply (not verbose)."""
-    import logging
-    import warnings
-
-    if verbose:
-        return
-    # Tips (litlogger, litmodels), "GPU available", "Seed set" are INFO on these loggers.
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in _QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _QuietFilter)]:
+            logger.removeFilter(old)
+        if not verbose:
+            logger.addFilter(_QuietFilter())
+    if not verbose:
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
 
 
 def run_cli_classes(argv: Sequence[str]) -> DownscaleCLI:
