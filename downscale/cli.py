@@ -149,7 +149,9 @@ def default_callbacks(callbacks: list[Callback], folder: Path) -> list[Callback]
         out.append(ModelCheckpoint(dirpath=folder / "checkpoints", monitor="val_loss",
                                    save_last=True, enable_version_counter=False))
     if not any(isinstance(c, EarlyStopping) for c in out):
-        out.append(EarlyStopping(monitor="val_loss", patience=EARLY_STOPPING_PATIENCE))
+        # Not strict: a run without validation (limit_val_batches=0) trains to max_epochs.
+        out.append(EarlyStopping(monitor="val_loss", patience=EARLY_STOPPING_PATIENCE,
+                                 strict=False))
     return out
 
 
