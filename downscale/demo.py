@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="safety cap on training time in seconds (default: 240); the "
                         "figures are reproducible only when the epochs finish first")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Lightning's messages and warnings")
     return parser
 
 
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     out = make_output_folder(args.output)
     started = time.perf_counter()
-    report = run_demo(out, args.epochs, args.max_time, args.seed)
+    report = run_demo(out, args.epochs, args.max_time, args.seed, verbose=args.verbose)
     report["seconds"] = time.perf_counter() - started
     print(format_report(report, out))
 
@@ -67,8 +69,8 @@ def experiment_config() -> Path:
                      hint="run the demo from a clone of the repository")
 
 
-def run_demo(out: Path, epochs: int | None, max_seconds: float, seed: int
-             ) -> dict[str, float]:
+def run_demo(out: Path, epochs: int | None, max_seconds: float, seed: int, *,
+             verbose: bool = False) -> dict[str, float]:
     """Train from the experiment's YAML, predict the test split, evaluate.
 
     Returns:
@@ -76,7 +78,7 @@ def run_demo(out: Path, epochs: int | None, max_seconds: float, seed: int
     """
     from downscale.cli import quiet_lightning, run_cli_classes
 
-    quiet_lightning()
+    quiet_lightning(verbose)
     seconds = int(max_seconds)
     overrides = [
         "--trainer.default_root_dir", str(out), "--seed_everything", str(seed),

@@ -79,6 +79,16 @@ def test_default_root_dir_holds_logs_and_a_stable_last_checkpoint(
     assert _files(root) == files and _files(work) == {"my.nc"}
 
 
+def test_ckpt_path_last_without_a_run_is_one_line(tmp_path: Path) -> None:
+    data = _write_tas(tmp_path / "my.nc")
+    result = _cli("predict", "--data.path", str(data), "--data.variable", "tas",
+                  "--ckpt_path", "last", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "outputs/checkpoints/last.ckpt" in last and "--ckpt_path" in last
+    assert _files(tmp_path) == {"my.nc"}
+
+
 def test_a_failed_fit_leaves_no_empty_version_folder(tmp_path: Path) -> None:
     data = _write_tas(tmp_path / "my.nc")
     # A factor larger than the grid fails in the DataModule's setup, after the trainer.
