@@ -5,9 +5,10 @@ area-weighted mean of its *valid* fine cells::
 
     x_C = sum_f(a_f * y_f) / sum_f(a_f),   f valid (not NaN)
 
-so that ``A_C_valid * x_C`` is exactly the mass of its children (DESIGN.md §3). A coarse
-cell with no valid child is NaN. These are the numpy/xarray versions; the torch version
-used inside the model lives in :mod:`downscale.nn.conserving`.
+so that ``A_C_valid * x_C`` is exactly the mass of its children
+(docs/method.md#conservation). A coarse cell with no valid child is NaN. These are the
+numpy/xarray versions; the torch version used inside the model lives in
+:mod:`downscale.nn.conserving`.
 """
 
 from __future__ import annotations

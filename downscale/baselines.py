@@ -5,7 +5,8 @@ centre of fine cell ``i`` lies at coarse index coordinate ``(i + 0.5) / factor -
 coarse cell's ``factor`` children sit symmetrically around its centre (the convention of
 ``scipy.ndimage.zoom(..., grid_mode=True)``).
 
-Only :func:`piecewise_constant` conserves each coarse cell's mass (DESIGN.md §3); bilinear
+Only :func:`piecewise_constant` conserves each coarse cell's mass
+(docs/method.md#conservation); bilinear
 and bicubic interpolation generally do not, which is exactly what
 :func:`downscale.metrics.conservation_error` shows. The module is numpy/scipy only (no torch).
 

@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from downscale.errors import InputError
 from downscale.grid import horizontal_dims, nesting_factor
-from downscale.io import open_field
+from downscale.helptext import plain
+from downscale.io import gridded_variables_in, open_field
 from downscale.metrics import ConservationError, checkerboard_index, conservation_error_xr
+
+log = logging.getLogger(__name__)
 
 #: Default tolerance on the relative conservation error (float32 output is exact to ~1e-7).
 DEFAULT_TOLERANCE = 1e-5
@@ -53,7 +56,7 @@ class VariableAudit:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downscale check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="downscale check", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--coarse", required=True, help="coarse NetCDF file")
     parser.add_argument("--fine", required=True, help="fine (downscaled) NetCDF file")
@@ -69,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the audit (see module docstring); exits 1 when a variable fails."""
     args = _parser().parse_args(argv)
-    variables = args.variable or common_variables(args.coarse, args.fine)
+    variables = checked_variables(args.coarse, args.fine, args.variable)
     audits = [audit_variable(args.coarse, args.fine, v, args.tolerance) for v in variables]
     if args.json:
         print(json.dumps({"coarse": args.coarse, "fine": args.fine,
@@ -83,22 +86,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(1)
 
 
+def checked_variables(coarse_path: str, fine_path: str, chosen: Sequence[str] | None
+                      ) -> list[str]:
+    """The variables to audit: ``chosen`` (each checked in both files), or all in common.
+
+    Raises:
+        InputError: A file is missing or unreadable, or lacks a chosen variable.
+    """
+    if not chosen:
+        return common_variables(coarse_path, fine_path)
+    require_variables((coarse_path, fine_path), chosen)
+    return list(chosen)
+
+
+def require_variables(paths: Sequence[str], chosen: Sequence[str]) -> None:
+    """Check that every file holds every chosen variable (the commands' ``--variable``).
+
+    Raises:
+        InputError: A file is missing or unreadable, or lacks a chosen variable; the
+            message lists the file's gridded variables (never its bounds).
+    """
+    for path, names in zip(paths, _gridded(*paths), strict=True):
+        for variable in chosen:
+            if variable not in names:
+                raise InputError(f"variable not found; gridded variables: "
+                                 f"{', '.join(sorted(names)) or 'none'}", path=path,
+                                 variable=variable, hint="choose one with --variable")
+
+
+def _gridded(*paths: str) -> list[set[str]]:
+    """The gridded (non-bounds) data variables of each file."""
+    return [set(gridded_variables_in(path)) for path in paths]
+
+
 def common_variables(coarse_path: str, fine_path: str) -> list[str]:
     """Gridded data variables present in both files (bounds variables excluded)."""
-    names = []
-    for path in (coarse_path, fine_path):
-        if not Path(path).exists():
-            raise InputError("file not found", path=path, hint="check the path")
-        try:
-            with xr.open_dataset(path, decode_times=False) as ds:
-                # Bounds by name, or named by a coordinate (outputs keep the input's names).
-                bounds = {str(ds[v].attrs.get("bounds")) for v in ds.variables}
-                names.append({str(v) for v, da in ds.data_vars.items()
-                              if da.ndim >= 2 and str(v) not in bounds
-                              and not str(v).endswith(("_bnds", "_bounds"))})
-        except (OSError, ValueError) as exc:
-            raise InputError(f"not a readable NetCDF file ({exc})", path=path,
-                             hint="check the file is complete and not corrupt") from exc
+    names = _gridded(coarse_path, fine_path)
     common = sorted(names[0] & names[1])
     if not common:
         raise InputError(f"no gridded variable in common with {coarse_path} (coarse has "
@@ -115,7 +138,7 @@ def audit_variable(coarse_path: str, fine_path: str, variable: str, tolerance: f
         InputError: The grids do not nest, the units or time steps differ.
     """
     coarse = open_field(coarse_path, variable)
-    fine = open_field(fine_path, variable)
+    fine = _within(coarse, open_field(fine_path, variable), variable)
     factor = _nesting(coarse, fine, fine_path, variable)
     cu, fu = coarse[variable].attrs.get("units"), fine[variable].attrs.get("units")
     if cu != fu:
@@ -135,6 +158,27 @@ def audit_variable(coarse_path: str, fine_path: str, variable: str, tolerance: f
               and error.n_uncovered == 0)
     return VariableAudit(variable, str(fu or ""), factor, error,
                          float(np.mean(finite)) if finite else float("nan"), missing, passed)
+
+
+def _within(coarse: xr.Dataset, fine: xr.Dataset, variable: str) -> xr.Dataset:
+    """The fine cells inside the coarse grid's extent (logged when some are outside).
+
+    ``coarsen`` and ``fit`` crop a grid that does not divide by the factor at its
+    north/east edge, so a truth file may hold a few more rows or columns than its coarse
+    version covers; they take no part in the audit.
+    """
+    keep = {}
+    for cd, fd in zip(horizontal_dims(coarse), horizontal_dims(fine), strict=True):
+        cb, fb = coarse[f"{cd}_bnds"].values, fine[f"{fd}_bnds"].values
+        tol = 1e-4 * float(np.min(np.abs(np.diff(fb, axis=1))))
+        inside = (fb[:, 0] >= cb.min() - tol) & (fb[:, 1] <= cb.max() + tol)
+        if not inside.all() and inside.any():
+            keep[fd] = np.flatnonzero(inside)
+    if keep:
+        dropped = ", ".join(f"{fine.sizes[d] - len(i)} along '{d}'" for d, i in keep.items())
+        log.info("%s: ignoring the fine cells outside the coarse grid (%s)", variable, dropped)
+        fine = fine.isel(keep)
+    return fine
 
 
 def _nesting(coarse: xr.Dataset, fine: xr.Dataset, fine_path: str, variable: str) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from downscale.errors import InputError
+from downscale.helptext import plain
 from downscale.io import make_output_folder
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class EvaluationFields:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downscale compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="downscale compare", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", required=True,
                         help="base LightningCLI YAML (repeatable; data, model, trainer)")

@@ -1,41 +1,49 @@
 """``downscale demo``: train on embedded real data, downscale a held-back period, report.
 
-Uses the E1 North America air temperature of iris-sample-data (``e1_north_america`` in
-data_manifest.yaml): 240 yearly fields on a 1.25 x 1.875 degree grid, coarsened by 4.
-Writes ``downscaled.nc``, ``demo_map.png``, checkpoints and logs into the output folder and
-prints the model's RMSE against bicubic interpolation and its conservation error.
+Runs configs/experiments/e1_north_america.yaml (the E1 North America air temperature of
+iris-sample-data, ``e1_north_america`` in data_manifest.yaml: 240 yearly fields on a
+1.25 x 1.875 degree grid, coarsened by 4), with its logs and checkpoints in the output
+folder. Writes there ``coarse.nc`` (the held-back years' coarse input, as ``downscale
+coarsen`` makes it), ``downscaled.nc`` and ``demo_map.png``, and prints the model's RMSE
+against bicubic interpolation and its conservation error. The same run from the YAML::
+
+    downscale fit --config configs/experiments/e1_north_america.yaml
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from downscale.errors import InputError
+from downscale.helptext import plain
 from downscale.io import make_output_folder, open_field
 
 if TYPE_CHECKING:
     from downscale.data import DownscalingDataModule
 
 DATASET, VARIABLE, FACTOR = "e1_north_america", "air_temperature", 4
+#: The experiment the demo runs, relative to the repository (or the installed package).
+EXPERIMENT = Path("configs") / "experiments" / "e1_north_america.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="downscale demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="downscale demo", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output", help="output folder "
                         "(default: ./demo_output)")
-    parser.add_argument("--epochs", type=int, default=40,
-                        help="training epochs of 256 patches (default: 40, about a minute "
-                        "on two CPU cores)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="most training epochs (default: the YAML's max_epochs; "
+                        "early stopping may end training sooner)")
     parser.add_argument("--max-time", type=float, default=240.0,
                         help="safety cap on training time in seconds (default: 240); the "
                         "figures are reproducible only when the epochs finish first")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Lightning's messages and warnings")
     return parser
 
 
@@ -44,69 +52,81 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     out = make_output_folder(args.output)
     started = time.perf_counter()
-    report = run_demo(out, args.epochs, args.max_time, args.seed)
+    report = run_demo(out, args.epochs, args.max_time, args.seed, verbose=args.verbose)
     report["seconds"] = time.perf_counter() - started
     print(format_report(report, out))
 
 
-def run_demo(out: Path, epochs: int, max_seconds: float, seed: int) -> dict[str, float]:
-    """Train, predict the test split and evaluate; returns the figures of the report."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+def experiment_config() -> Path:
+    """The demo's YAML: in the source tree, or packaged with an installed wheel."""
+    package = Path(__file__).resolve().parent
+    for root in (package.parent, package):
+        if (root / EXPERIMENT).is_file():
+            return root / EXPERIMENT
+    raise InputError("the demo's configuration is not installed", path=EXPERIMENT,
+                     hint="run the demo from a clone of the repository")
 
-    from downscale.callbacks import NetCDFPredictionWriter
-    from downscale.data import DownscalingDataModule
-    from downscale.tasks import DownscalingTask
 
-    L.seed_everything(seed, verbose=False)
-    datamodule = DownscalingDataModule(f"manifest://{DATASET}", VARIABLE, factor=FACTOR,
-                                       patch_size=32, batch_size=16, samples_per_epoch=256,
-                                       predict_split="test", seed=seed)
-    task = DownscalingTask(factor=FACTOR)
-    output_nc = out / "downscaled.nc"
-    trainer = L.Trainer(
-        # A fixed number of epochs makes the figures reproducible whatever the machine's
-        # load; the time cap keeps the demo short on a slow or busy machine.
-        max_epochs=epochs, max_time=dt.timedelta(seconds=max_seconds),
-        default_root_dir=out, logger=CSVLogger(out, name="logs"),
-        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", monitor="val_loss",
-                                   save_last=True),
-                   NetCDFPredictionWriter(str(output_nc))],
-        log_every_n_steps=5, enable_model_summary=False, num_sanity_val_steps=0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(task, datamodule=datamodule)
-        trainer.predict(task, datamodule=datamodule, ckpt_path="best")
-    report = evaluate(output_nc, datamodule, out / "demo_map.png")
-    report["epochs"] = float(trainer.current_epoch)
+def run_demo(out: Path, epochs: int | None, max_seconds: float, seed: int, *,
+             verbose: bool = False) -> dict[str, float]:
+    """Train from the experiment's YAML, predict the test split, evaluate.
+
+    Returns:
+        The figures of the report (RMSEs in K, relative conservation errors, epochs).
+    """
+    from downscale.cli import quiet_lightning, run_cli_classes
+
+    quiet_lightning(verbose)
+    seconds = int(max_seconds)
+    overrides = [
+        "--trainer.default_root_dir", str(out), "--seed_everything", str(seed),
+        "--data.seed", str(seed), "--data.predict_split", "test",
+        # The time cap keeps the demo short on a slow or busy machine; the epochs make the
+        # figures reproducible whatever the machine's load.
+        "--trainer.max_time", f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:"
+        f"{seconds % 60:02d}",
+        "--trainer.log_every_n_steps", "5", "--trainer.enable_model_summary", "false",
+        "--trainer.num_sanity_val_steps", "0",
+        "--prediction_writer.output", str(out / "downscaled.nc"),
+    ]
+    if epochs is not None:
+        overrides += ["--trainer.max_epochs", str(epochs)]
+    cli = run_cli_classes(["--config", str(experiment_config()), *overrides])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path="best")
+    report = evaluate(out / "downscaled.nc", cli.datamodule, out)
+    report["epochs"] = float(cli.trainer.current_epoch)
     return report
 
 
-def evaluate(output_nc: Path, dm: DownscalingDataModule, png: Path) -> dict[str, float]:
-    """Compare the written prediction with the truth and with bicubic; plot one map."""
-    from downscale.aggregate import coarsen_field
+def evaluate(output_nc: Path, dm: DownscalingDataModule, out: Path) -> dict[str, float]:
+    """Compare the prediction with the truth and bicubic; write coarse.nc and the map."""
     from downscale.baselines import UpsamplingMethod, upsample
+    from downscale.coarsen import coarsened_cf
     from downscale.grid import cell_areas
+    from downscale.io import write_netcdf
     from downscale.metrics import conservation_error, rmse
-    from downscale.plotting import plot_panels
+    from downscale.plotting import field_title, plot_panels
 
     truth_ds = dm.source.dataset.isel(time=dm.splits["test"])
     truth = truth_ds[VARIABLE].load()
-    coarse = coarsen_field(truth_ds, VARIABLE, (FACTOR, FACTOR))[VARIABLE].load()
-    # The output is in the input's conventions (names, longitude range); compare it in ours.
+    coarse_nc = write_netcdf(coarsened_cf(truth_ds, VARIABLE, FACTOR).load(),
+                             out / "coarse.nc")
+    # Files are in their input's conventions (names, longitude range); compare in ours.
+    coarse = open_field(coarse_nc, VARIABLE)[VARIABLE].load()
     pred = open_field(output_nc, VARIABLE)[VARIABLE].load()
     area = cell_areas(truth_ds).values
     bicubic = upsample(coarse.values, FACTOR, UpsamplingMethod.BICUBIC)
     err = conservation_error(pred.values, coarse.values, area, FACTOR)
     err_bicubic = conservation_error(bicubic, coarse.values, area, FACTOR)
     first = {"time": 0}
-    plot_panels([(f"coarse (x{FACTOR})", coarse.isel(first)),
+    plot_panels([(f"coarse input (x{FACTOR})", coarse.isel(first)),
                  ("downscaled (model)", pred.isel(first)),
                  ("bicubic", truth.isel(first).copy(data=bicubic[0])),
-                 ("truth", truth.isel(first))], png,
-                title=f"E1 air temperature, {truth.time.values[0]}",
-                units=str(truth.attrs.get("units", "")))
+                 ("truth", truth.isel(first))], out / "demo_map.png",
+                title=f"E1 North America: {field_title(truth.isel(first))}, held back from "
+                      "training",
+                truth=truth.isel(first), model=pred.isel(first))
     return {
         "rmse_model": rmse(pred.values, truth.values),
         "rmse_bicubic": rmse(bicubic, truth.values),
@@ -131,7 +151,8 @@ def format_report(report: dict[str, float], out: Path) -> str:
         f"model {report['conservation_max_rel']:.1e}, "
         f"bicubic {report['conservation_max_rel_bicubic']:.1e}",
         f"  conservation error, global (relative): {report['conservation_global_rel']:.1e}",
-        f"  wrote {out / 'downscaled.nc'} and {out / 'demo_map.png'}",
+        f"  wrote {out / 'coarse.nc'} (input), {out / 'downscaled.nc'} and "
+        f"{out / 'demo_map.png'}",
     ])
 
 

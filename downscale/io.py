@@ -82,7 +82,7 @@ def open_field(
     Raises:
         InputError: The file is missing, unreadable or truncated, lacks the variable, its
             grid cannot be used, the files do not continue each other, or the time
-            selection is empty (see DESIGN.md §7).
+            selection is empty (see docs/method.md#bad-input).
     """
     path_list = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
     if not path_list:
@@ -164,8 +164,38 @@ def _reason(exc: BaseException, path: Path) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def gridded_variables(ds: xr.Dataset) -> list[str]:
+    """The data variables a user can choose: 2-D or more, not cell bounds, sorted.
+
+    Bounds are the variables that a ``bounds`` attribute names (CF 7.1: ``time_bnds``,
+    ``lat_bnds``, ...) and, in files that forget the attribute, names ending in ``_bnds``
+    or ``_bounds``.
+    """
+    named = {str(var.attrs.get("bounds", var.encoding.get("bounds", "")))
+             for var in ds.variables.values()}
+    return sorted(str(v) for v, da in ds.data_vars.items()
+                  if da.ndim >= 2 and str(v) not in named
+                  and not str(v).endswith(("_bnds", "_bounds")))
+
+
+def gridded_variables_in(path: PathLike) -> list[str]:
+    """:func:`gridded_variables` of a file, read from its header only.
+
+    Raises:
+        InputError: The file is missing or not readable as NetCDF.
+    """
+    if not Path(path).is_file():
+        raise InputError("file not found", path=path, hint="check the path")
+    try:
+        with xr.open_dataset(path, decode_times=False) as ds:
+            return gridded_variables(ds)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"not a readable NetCDF file ({_reason(exc, Path(path))})", path=path,
+                         hint="check that the file is complete and not corrupt") from exc
+
+
 def _missing_variable(ds: xr.Dataset, variable: str) -> str:
-    fields = [str(v) for v in ds.data_vars if ds[v].ndim >= 2] or [str(v) for v in ds.data_vars]
+    fields = gridded_variables(ds) or sorted(str(v) for v in ds.data_vars)
     if variable in ds.coords:
         problem = "is a coordinate, not a data variable"
     else:

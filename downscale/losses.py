@@ -1,4 +1,4 @@
-"""Differentiable terrain losses: slope magnitude and the slope penalty (DESIGN.md §5).
+"""Differentiable terrain losses: slope magnitude and the slope penalty (docs/method.md#terrain).
 
 Elevation ``h`` in metres lies on a grid whose neighbouring cell centres are ``dy`` metres
 apart along rows (north-south) and ``dx`` metres apart along columns (west-east). On a

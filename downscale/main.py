@@ -1,14 +1,15 @@
-r"""The ``downscale`` command: Lightning CLI subcommands plus ``demo``.
+r"""The ``downscale`` command: Lightning CLI subcommands plus ``demo``, ``coarsen``, ...
 
 Examples::
 
     downscale demo                                   # train on real data, write ./demo_output
     downscale fit --config configs/experiments/e1_north_america.yaml
-    downscale fit --config configs/experiments/e1_north_america.yaml \
-        --data.path my.nc --data.variable tas --data.factor 4
+    downscale fit --data.path my.nc --data.variable tas --data.factor 4
     downscale predict --config configs/experiments/e1_north_america.yaml \
-        --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt \
-        --prediction_writer.output tas_downscaled.nc
+        --ckpt_path last --prediction_writer.output tas_downscaled.nc
+
+``--verbose`` (anywhere on a Lightning command's line) shows Lightning's messages and
+warnings, which are hidden by default.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from downscale.errors import DownscaleError
 #: Subcommands handled outside LightningCLI: name -> (module, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("downscale.demo", "train on embedded real data, write a NetCDF and a map"),
+    "coarsen": ("downscale.coarsen", "area-weighted coarsening of a NetCDF file, as fit "
+                "and check do it"),
     "check": ("downscale.check", "audit a coarse/fine NetCDF pair for mass conservation"),
     "run": ("downscale.batch.cli",
             "downscale coarse NetCDF files with a checkpoint (Dask, resumable; NetCDF, Zarr)"),
     "compare": ("downscale.compare", "train decoder variants alike, tabulate skill and artifacts"),
 }
 LIGHTNING_COMMANDS = {
-    "fit": "train a model (LightningCLI; --config YAML, --print_config)",
+    "fit": "train a model (--data.path FILE --data.variable NAME, or --config YAML)",
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint on the test split",
     "predict": "downscale a split with a checkpoint and write CF NetCDF",
@@ -59,15 +62,41 @@ def main(args: Sequence[str] | None = None) -> None:
 
 def _dispatch(argv: list[str]) -> None:
     _configure_logging()
+    verbose = argv[0] in ("-v", "--verbose")
+    if verbose:
+        argv = argv[1:]
+    if not argv:
+        print(_usage())
+        return
     if argv[0] in EXTRA_COMMANDS:
         import importlib
 
         module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
         module.main(argv[1:])
+    elif argv[0] in LIGHTNING_COMMANDS:
+        _lightning_command(argv[0], argv[1:], verbose)
     else:
-        from downscale.cli import run_lightning_cli
+        commands = ", ".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])
+        raise DownscaleError(f"unknown command '{argv[0]}' (commands: {commands}); see "
+                             "downscale --help")
 
-        run_lightning_cli(argv)
+
+def _lightning_command(command: str, args: list[str], verbose: bool) -> None:
+    """``fit|validate|test|predict``: short help and input checks before Lightning loads."""
+    from downscale import cli_args
+
+    if cli_args.wants_short_help(args):
+        print(cli_args.short_help(command))
+        return
+    verbose = verbose or "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    if cli_args.wants_full_help(args):
+        args = cli_args.full_help_argv(args)
+    else:
+        cli_args.check_data_arguments(args)
+    from downscale.cli import run_lightning_cli
+
+    run_lightning_cli([command, *args], verbose=verbose)
 
 
 def _configure_logging() -> None:

@@ -6,13 +6,13 @@ same code scores the model, the baselines and files on disk. Fine fields have sh
 ``W = factor * w``; leading dimensions (time, batch, channel) are all included in a score.
 NaN marks a missing cell everywhere.
 
-Conservation follows DESIGN.md §3 and is computed in two steps, in the style of
+Conservation follows docs/method.md#conservation and is computed in two steps, in the style of
 weatherbench2: :func:`conservation_sums` turns one chunk into summable partial sums
 (:class:`ConservationSums`), and :meth:`ConservationSums.finalize` turns their sum into a
 :class:`ConservationError`. :func:`conservation_error` does both for one array; the same
 partial sums can be computed per Dask chunk or per worker and added.
 
-The two checkerboard measures of DESIGN.md §4 are :func:`checkerboard_index` (phase
+The two checkerboard measures of docs/method.md#artifacts are :func:`checkerboard_index` (phase
 imbalance in the space domain) and :func:`spectral_artifact_index` (power at the stride's
 alias frequencies).
 """
@@ -42,7 +42,9 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class ConservationError:
-    """How far a fine field is from conserving the mass of a coarse one (DESIGN.md §3).
+    """How far a fine field is from conserving the mass of a coarse one.
+
+    See docs/method.md#conservation.
 
     For each compared coarse cell C with value ``x_C``, let ``A_C`` be the area of its valid
     fine cells and ``y_C`` their area-weighted mean; the cell's error is ``e_C = y_C - x_C``
@@ -328,7 +330,7 @@ def _ratio(num: float, den: float) -> float:
 
 def checkerboard_index(field: ArrayLike, stride: int, *, smooth_width: int | None = None
                        ) -> float:
-    """Phase-imbalance index of a field upsampled with stride ``stride`` (DESIGN.md §4).
+    """Phase-imbalance index of a field upsampled with stride ``stride`` (docs/method.md#artifacts).
 
     Definition:
 
@@ -422,7 +424,7 @@ def _spatial_std(values: FloatArray, valid: NDArray[np.bool_]) -> float:
 
 def spectral_artifact_index(field: ArrayLike, stride: int, *, tile: int | None = None
                             ) -> float:
-    """Excess power at the alias frequencies of ``stride``, in decibels (DESIGN.md §4).
+    """Excess power at the alias frequencies of ``stride``, in decibels (docs/method.md#artifacts).
 
     Definition (a Welch periodogram compared bin by bin):
 
@@ -595,7 +597,7 @@ def _paired_difference(pred: ArrayLike, truth: ArrayLike
 
 
 def slope_violation_fraction(slope: ArrayLike, theta_max_deg: float) -> float:
-    """Share of cells steeper than the limit ``theta_max_deg`` (DESIGN.md §5).
+    """Share of cells steeper than the limit ``theta_max_deg`` (docs/method.md#terrain).
 
     Args:
         slope: Slope magnitudes ``|grad h|`` (m/m, the tangent of the slope angle), any
@@ -704,9 +706,9 @@ def phase_coverage(kernel_size: int, stride: int) -> NDArray[np.int64]:
 def phase_weight_sums(kernel: ArrayLike, stride: int) -> FloatArray:
     """Per-phase sums of a transposed-convolution kernel: the response to a flat input.
 
-    A constant input ``c`` gives ``c * sums[a, b]`` at output phase ``(a, b)`` (DESIGN.md
-    §4), so the output is flat only if every phase sums to ``1 / s^2`` (for a kernel that
-    sums to one).
+    A constant input ``c`` gives ``c * sums[a, b]`` at output phase ``(a, b)``
+    (docs/method.md#artifacts), so the output is flat only if every phase sums to
+    ``1 / s^2`` (for a kernel that sums to one).
 
     Args:
         kernel: Weights ``(..., k, k)``.

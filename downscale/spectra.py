@@ -2,7 +2,8 @@
 
 A transposed convolution of stride ``s`` that treats its ``s^2`` output phases unequally
 leaves a pattern repeating every ``s`` cells: power at the alias frequencies ``j / s``
-cycles per cell (DESIGN.md §4). At stride 2 that is 0.5 cycles per cell along an axis and
+cycles per cell (docs/method.md#artifacts). At stride 2 that is 0.5 cycles per cell along
+an axis and
 ``0.5 * sqrt(2)`` on the diagonal. :func:`power_spectrum_radial` makes such peaks visible on
 a log-log plot; :func:`downscale.metrics.spectral_artifact_index` scores them.
 """

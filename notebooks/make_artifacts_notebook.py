@@ -1,6 +1,6 @@
 """Write ``notebooks/artifacts.ipynb``: where upsampling artifacts come from, per decoder.
 
-Three views of DESIGN.md §4 and the seed document's "Understanding and Mitigating
+Three views of docs/method.md#artifacts and the seed document's "Understanding and Mitigating
 Upsampling Artifacts", all computed with the ``downscale`` package on small synthetic data
 (no training, about 20 s on a CPU):
 

@@ -29,8 +29,9 @@ CELLS: list[tuple[str, str, str | None]] = [
     ("md", """\
 # Mass conservation and checkerboard artifacts on real data
 
-Validates the two guarantees of DESIGN.md §3-4 on HadISST sea surface temperature
-(global, 1 degree, land missing, periodic longitude), downscaled by a factor of 4:
+Validates the two guarantees of docs/method.md (conservation, artifacts) on HadISST sea
+surface temperature (global, 1 degree, land missing, periodic longitude), downscaled by a
+factor of 4:
 
 1. the model's fine field carries exactly the mass of every coarse cell (area-weighted,
    on the sphere, around missing land cells), while bilinear and bicubic interpolation do not;
@@ -80,7 +81,7 @@ FACTOR = 4""", None),
 against `data_manifest.yaml`). The coarse field is the conservative, area-weighted aggregate
 of the fine one. The model trains for a few seconds only: its conservation holds by
 construction (a sum-to-one conserving upsampler, then a per-cell projection as the last
-operation, DESIGN.md §3), not because it learnt it.""", None),
+operation, docs/method.md#conservation), not because it learnt it.""", None),
     ("code", """\
 print("data:", resolve("hadisst_sst"))
 L.seed_everything(0, verbose=False)
@@ -121,16 +122,14 @@ print(f"periodic longitude: {periodic}; coarse {coarse.shape} -> fine {truth.sha
     ("md", """\
 ## 2. Maps
 
-Coarse input, downscaled field and truth on one colour scale (coastlines only where Natural
-Earth is on disk; cartopy never downloads here, and the bundled stock image shows the land
-otherwise).""", None),
+Coarse input, downscaled field and truth on one colour scale (coastlines from Natural Earth
+where it is on disk, otherwise from the HadISST land mask that ships with cartopy; nothing
+is downloaded).""", None),
     ("code", """\
 def map_axes(n, width=5.0):
     fig, axes = plt.subplots(1, n, figsize=(width * n, 3.3), layout="constrained",
                              subplot_kw={"projection": ccrs.PlateCarree()})
     for ax in axes:
-        if not natural_earth_available():
-            ax.stock_img()
         add_geography(ax)
     return fig, axes
 
@@ -146,8 +145,9 @@ for ax, (title, where, values) in zip(axes, panels):
 fig.colorbar(mesh, ax=axes, shrink=0.8, label=f"SST ({units})");""", None),
     ("md", """\
 Per coarse cell, the area-weighted mean of the valid fine cells minus the coarse value
-(DESIGN.md §3: unweighted means are not conservation; land carries no area). Each panel has
-its own symmetric scale, its maximum in the title: the model's error is float32 rounding
+(docs/method.md#conservation: unweighted means are not conservation; land carries no
+area). Each panel has its own symmetric scale, its maximum in the title: the model's error is
+float32 rounding
 (it grows with the SST value), interpolation misses by up to degrees at the sea-ice edge and
 along coasts.""", None),
     ("code", """\
@@ -169,8 +169,9 @@ fig.suptitle("Conservation error per coarse cell (area-weighted, HadISST SST, x4
 
 `conservation_error` (area-weighted, NaN-aware): `max_abs` is the worst coarse cell in field
 units, `max_rel` the same relative to the mean |coarse value|, `global_rel` the relative
-error of the total mass. Exact means ~1e-7 in float32 (DESIGN.md §3); only the model and
-the piecewise-constant baseline (float64) get there. The RMSE is in-sample and the model has
+error of the total mass. Exact means ~1e-7 in float32 (docs/method.md#conservation);
+only the model and the piecewise-constant baseline (float64) get there. The RMSE is in-sample
+and the model has
 trained for seconds: this notebook checks conservation, not skill.""", None),
     ("code", """\
 errors = {name: conservation_error(values, coarse, area, FACTOR)
@@ -186,8 +187,9 @@ metrics""", None),
 
 For a constant input, output phase (a, b) (index mod 2 on both axes) is the input times
 s^2 times the sum of the kernel weights of that phase; the output is flat only if every
-phase sums to 1/s^2 (DESIGN.md §4). The same seeded random logits, normalised to sum to one
-(`phase_balanced=False`) or per phase (`phase_balanced=True`). Interior rows only: the
+phase sums to 1/s^2 (docs/method.md#artifacts). The same seeded random logits,
+normalised to sum to one (`phase_balanced=False`) or per phase (`phase_balanced=True`).
+Interior rows only: the
 latitude edges reflect, and a kernel that is not symmetric is only flat there if it is
 also mirror-symmetric (`symmetric=True`).""", None),
     ("code", """\
@@ -211,8 +213,9 @@ phase_table.loc["max - min"] = phase_table.max() - phase_table.min()
 phase_table.index.name = "phase (row, col) mod 2"
 phase_table""", None),
     ("md", """\
-Both checkerboard indices of DESIGN.md §4 on a smooth synthetic field (64 x 64 -> 128 x 128,
-spectral slope -3; mean 5, std 1: like temperature, its level is large against its
+Both checkerboard indices of docs/method.md#artifacts on a smooth synthetic field
+(64 x 64 -> 128 x 128, spectral slope -3; mean 5, std 1: like temperature, its level is large
+against its
 variability, and an unbalanced kernel's checkerboard scales with the level): the
 phase-imbalance index (spread of the phase means of the field minus a smoothed copy,
 relative to its standard deviation) and the spectral index (dB of power at the alias
@@ -237,7 +240,7 @@ checkerboard puts power at 0.5 cycles per cell along an axis and at 0.5 x sqrt(2
 diagonal. Phase balancing removes the peaks, which carry the field's level; what is left
 near the alias frequencies are images of the large scales that a random, non-symmetric
 kernel does not filter out (phase balance guarantees flat output for flat input only,
-DESIGN.md §4).""", None),
+docs/method.md#artifacts).""", None),
     ("code", """\
 fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
 for (name, field), style in zip(upsampled.items(), ("-", "-", ":")):

@@ -78,3 +78,20 @@ def test_non_nesting_grids_are_refused(sst_pair: dict[str, Path], tmp_path: Path
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "does not nest" in line and "sst" in line and str(sst_pair["truth"]) in line
+
+
+def test_hints_name_checks_own_flags_and_never_offer_bounds(tmp_path: Path) -> None:
+    path = tmp_path / "with_bounds.nc"
+    ds = xr.Dataset({"tas": (("time", "lat", "lon"), np.zeros((2, 4, 4), "f4"), {"units": "K"}),
+                     "time_bnds": (("time", "bnds"), np.array([[0.0, 1.0], [1.0, 2.0]]))},
+                    coords={"time": ("time", [0.5, 1.5], {"units": "days since 2000-01-01",
+                                                          "bounds": "time_bnds"}),
+                            "lat": np.arange(4.0), "lon": np.arange(4.0)})
+    ds.to_netcdf(path)
+    result = subprocess.run([sys.executable, "-m", "downscale", "check", "--coarse", str(path),
+                             "--fine", str(path), "--variable", "pr"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "--variable" in line and "--data." not in line
+    assert "tas" in line and "time_bnds" not in line

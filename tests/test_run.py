@@ -185,9 +185,6 @@ def test_format_applies_to_output_dir_only(checkpoint: Path, coarse_nc: Path,
              "--format", "zarr", "--workers", "0")
 
 
-@pytest.mark.xfail(strict=False, reason="downscale.checkpoint.load_model builds the model "
-                   "through downscale.tasks (Lightning) until the core helper's plain-torch "
-                   "loading lands; the lead removes this mark at merge")
 def test_run_imports_no_lightning(checkpoint: Path, coarse_nc: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "downscale", "run", "--checkpoint",

@@ -62,10 +62,18 @@ from typing import Any
 from downscale import __version__
 from downscale.batch.execute import Hooks, Runner, run_outputs
 from downscale.batch.inputs import check_covariate, default_variable, open_inputs
-from downscale.batch.plan import AUTO_CHUNK_BYTES, FORMATS, Job, auto_time_chunk, plan_outputs
+from downscale.batch.plan import (
+    AUTO_CHUNK_BYTES,
+    FORMATS,
+    Job,
+    OutputPlan,
+    auto_time_chunk,
+    plan_outputs,
+)
 from downscale.batch.record import RunRecord
 from downscale.checkpoint import CheckpointInfo, read_checkpoint
 from downscale.errors import CheckpointError, InputError
+from downscale.helptext import plain
 from downscale.validate import check_coverage
 from downscale.writers import resumable_names
 
@@ -81,7 +89,7 @@ def _positive(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The options of ``downscale run``."""
-    p = argparse.ArgumentParser(prog="downscale run", description=__doc__,
+    p = argparse.ArgumentParser(prog="downscale run", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint (.ckpt) of 'downscale fit'")
     p.add_argument("--input", required=True, nargs="+", help="coarse NetCDF file(s)")
@@ -115,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="torch device of the model (auto: cuda where available)")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    p.add_argument("--plot", metavar="PNG", help="also save a map of the first output's "
+                   "first time step, with its coarse input")
     p.add_argument("--strict", action="store_true", help="refuse an input, or a time "
                    "step, with no valid value (default: warn; missing in, missing out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -262,15 +272,26 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
                 log.info("Skipping %s: complete and verified", plan.path)
         if not todo:
             log.info("Nothing to do: all %d output(s) are complete.", len(plans))
-            return
-        log.info("Downscaling %s (%s) by %d into %d output(s); %d time step(s) per chunk.",
-                 variable, ", ".join(inputs), ckpt.factor, len(todo),
-                 min(job.time_chunk, max(p.stop - p.start for p in todo)))
-        from tqdm.auto import tqdm
+        else:
+            _run_todo(args, job, todo, record, hooks, variable, inputs, ckpt.factor)
+            log.info("Done: %d written, %d skipped.", len(todo), len(plans) - len(todo))
+    if args.plot:
+        from downscale.plotting import plot_output
 
-        total = sum(p.stop - p.start for p in todo)
-        with (tqdm(total=total, unit="step", disable=True if args.no_progress else None,
-                   file=sys.stderr) as progress,
-              dask_client(args.scheduler, args.workers, args.memory_limit) as client):
-            run_outputs(job, todo, record, Runner(client), hooks, progress.update)
-    log.info("Done: %d written, %d skipped.", len(todo), len(plans) - len(todo))
+        plot_output(plans[0].path, args.plot, variable=variable, coarse=plans[0].inputs[0])
+        log.info("Wrote %s", args.plot)
+
+
+def _run_todo(args: argparse.Namespace, job: Job, todo: Sequence[OutputPlan], record: RunRecord,
+              hooks: Hooks, variable: str, inputs: Sequence[str], factor: int) -> None:
+    """Compute and write the outputs still to do, with a progress bar (on Dask or here)."""
+    from tqdm.auto import tqdm
+
+    log.info("Downscaling %s (%s) by %d into %d output(s); %d time step(s) per chunk.",
+             variable, ", ".join(inputs), factor, len(todo),
+             min(job.time_chunk, max(p.stop - p.start for p in todo)))
+    total = sum(p.stop - p.start for p in todo)
+    with (tqdm(total=total, unit="step", disable=True if args.no_progress else None,
+               file=sys.stderr) as progress,
+          dask_client(args.scheduler, args.workers, args.memory_limit) as client):
+        run_outputs(job, todo, record, Runner(client), hooks, progress.update)

@@ -1,4 +1,4 @@
-"""Mass conservation by construction (DESIGN.md §3-4).
+"""Mass conservation by construction (docs/method.md#conservation, #artifacts).
 
 Two pieces give the guarantee; both are exact to floating point, not penalties.
 

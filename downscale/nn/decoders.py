@@ -13,8 +13,8 @@ attention mitigation reads the whole field and says so), is chosen from YAML wit
 
 Only the learnt path differs, so a comparison isolates the upsampler; the physical base is
 always the artifact-free conserving layer, and the last step restores every coarse cell's
-mass exactly (DESIGN.md §3), whatever the upsampler does. The head starts at zero: every
-decoder starts as the conserving interpolation.
+mass exactly (docs/method.md#conservation), whatever the upsampler does. The head
+starts at zero: every decoder starts as the conserving interpolation.
 
 - :class:`TransposedConvDecoder`: conserving transposed convolutions, in DCGAN-style
   stride-2 stages (``k=4, s=2, p=1``) or one stride-``f`` stage;

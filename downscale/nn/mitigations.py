@@ -1,4 +1,4 @@
-"""Mitigations of upsampling artifacts, each one setting of a decoder (DESIGN.md §4).
+"""Mitigations of upsampling artifacts, each one setting of a decoder (docs/method.md#artifacts).
 
 A transposed convolution of stride ``s`` splits its output into ``s^2`` phases; when the
 phases receive unequal weight the output carries a pattern that repeats every ``s`` cells

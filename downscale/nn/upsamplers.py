@@ -69,7 +69,7 @@ class StagedConservingUpsampler(nn.Module):
 
     Stage ``i`` spreads the mass of its input onto the grid ``f_i`` times finer, whose cell
     areas are the fine areas summed over the blocks still to come, so the total mass is kept
-    at every stage (DESIGN.md §3) and flat input stays flat (§4).
+    at every stage (docs/method.md#conservation) and flat input stays flat (#artifacts).
 
     Args:
         channels: Physical variables.
