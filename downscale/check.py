@@ -106,7 +106,7 @@ def require_variables(paths: Sequence[str], chosen: Sequence[str]) -> None:
         InputError: A file is missing or unreadable, or lacks a chosen variable; the
             message lists the file's gridded variables (never its bounds).
     """
-    for path, names in zip(paths, _gridded(*paths), strict=True):
+    for path, names in zip(paths, _gridded(*paths, variable=", ".join(chosen)), strict=True):
         for variable in chosen:
             if variable not in names:
                 raise InputError(f"variable not found; gridded variables: "
@@ -114,9 +114,9 @@ def require_variables(paths: Sequence[str], chosen: Sequence[str]) -> None:
                                  variable=variable, hint="choose one with --variable")
 
 
-def _gridded(*paths: str) -> list[set[str]]:
-    """The gridded (non-bounds) data variables of each file."""
-    return [set(gridded_variables_in(path)) for path in paths]
+def _gridded(*paths: str, variable: str | None = None) -> list[set[str]]:
+    """The gridded (non-bounds) data variables of each file (``variable``: for messages)."""
+    return [set(gridded_variables_in(path, variable)) for path in paths]
 
 
 def common_variables(coarse_path: str, fine_path: str) -> list[str]:

@@ -88,7 +88,9 @@ class DownscaleCLI(LightningCLI):
             logger = CSVLogger(root, name="")
         callbacks = list(config.get("callbacks") or [])
         kwargs.update(default_root_dir=root, logger=logger,
-                      callbacks=default_callbacks(callbacks, run_folder(logger, root)))
+                      callbacks=default_callbacks(
+                          callbacks, run_folder(logger, root),
+                          checkpointing=config.get("enable_checkpointing") is not False))
         return super().instantiate_trainer(**kwargs)
 
     def _training(self) -> bool:
@@ -134,8 +136,11 @@ def run_folder(logger: Logger | Sequence[Logger] | bool, root: str) -> Path:
     return Path(root)
 
 
-def default_callbacks(callbacks: list[Callback], folder: Path) -> list[Callback]:
+def default_callbacks(callbacks: list[Callback], folder: Path, *, checkpointing: bool = True
+                      ) -> list[Callback]:
     """``callbacks`` plus checkpointing and early stopping where the user gave none.
+
+    No checkpointing is added when the trainer's ``enable_checkpointing`` is false.
 
     Checkpoints go to the fixed folder ``folder/checkpoints`` and overwrite the names of
     an earlier run (no ``last-v1.ckpt``), so ``last.ckpt`` there is always the latest run's
@@ -145,7 +150,7 @@ def default_callbacks(callbacks: list[Callback], folder: Path) -> list[Callback]
     for callback in out:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
             callback.dirpath = str(folder / "checkpoints")
-    if not any(isinstance(c, ModelCheckpoint) for c in out):
+    if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in out):
         out.append(ModelCheckpoint(dirpath=folder / "checkpoints", monitor="val_loss",
                                    save_last=True, enable_version_counter=False))
     if not any(isinstance(c, EarlyStopping) for c in out):

@@ -178,19 +178,24 @@ def gridded_variables(ds: xr.Dataset) -> list[str]:
                   and not str(v).endswith(("_bnds", "_bounds")))
 
 
-def gridded_variables_in(path: PathLike) -> list[str]:
+def gridded_variables_in(path: PathLike, variable: str | None = None) -> list[str]:
     """:func:`gridded_variables` of a file, read from its header only.
+
+    Args:
+        path: The NetCDF file.
+        variable: The variable the caller looks for, named in the error messages.
 
     Raises:
         InputError: The file is missing or not readable as NetCDF.
     """
     if not Path(path).is_file():
-        raise InputError("file not found", path=path, hint="check the path")
+        raise InputError("file not found", path=path, variable=variable, hint="check the path")
     try:
         with xr.open_dataset(path, decode_times=False) as ds:
             return gridded_variables(ds)
     except (OSError, ValueError) as exc:
         raise InputError(f"not a readable NetCDF file ({_reason(exc, Path(path))})", path=path,
+                         variable=variable,
                          hint="check that the file is complete and not corrupt") from exc
 
 

@@ -1,7 +1,7 @@
 """Plausibility of inputs: the value, valid-range, coverage and coordinate-unit checks, once.
 
-A CF-valid file can still hold impossible numbers (DESIGN.md §13). Every entry point goes
-through this module:
+A CF-valid file can still hold impossible numbers (docs/method.md, "Bad input"). Every
+entry point goes through this module:
 
 * :func:`check_values` -- a block of values just read (``run``'s chunks, training's scan):
   infinities, undeclared fill values (magnitudes >= 1e20 and the common sentinels -9999,

@@ -159,7 +159,9 @@ def test_zarr_output_equals_netcdf_with_the_same_cf_attributes(
         np.testing.assert_array_equal(got[VARIABLE].values, want[VARIABLE].values)
         for name in want.variables:
             assert got[name].attrs == want[name].attrs, name
-        assert got[VARIABLE].encoding["_FillValue"] == want[VARIABLE].encoding["_FillValue"]
+        # NaN-aware: the output keeps the input's _FillValue, which may be NaN.
+        np.testing.assert_equal(got[VARIABLE].encoding["_FillValue"],
+                                want[VARIABLE].encoding["_FillValue"])
         assert got.attrs.keys() == want.attrs.keys()
         assert {k: v for k, v in got.attrs.items() if k != "history"} == {
             k: v for k, v in want.attrs.items() if k != "history"}
@@ -194,7 +196,9 @@ def test_run_imports_no_lightning(checkpoint: Path, coarse_nc: Path, tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")]
-    assert "downscale.batch.cli" in imported
+    # The run's own modules were timed (main imports the command's module with importlib,
+    # which -X importtime does not list; the modules it imports are).
+    assert {"downscale.batch.execute", "downscale.nn.models", "downscale.writers"} <= set(imported)
     lightning = [m for m in imported if m.split(".")[0] in (
         "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities")]
     assert not lightning, lightning[:10]

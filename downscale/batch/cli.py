@@ -17,7 +17,7 @@ Examples::
     # terrain: a TerrainTask checkpoint turns a coarse DEM into a fine one (surface_altitude)
     downscale run --checkpoint terrain.ckpt --input dem_coarse.nc --output dem_fine.nc
 
-How it works (DESIGN.md §8):
+How it works (docs/method.md, "Scale"):
 
 * The inputs are COARSE fields on a regular grid, opened lazily
   (:func:`downscale.io.open_field`). Each coarse cell becomes ``factor x factor`` fine
