@@ -331,7 +331,8 @@ def fit_rate(path: Path, devices: int, steps: int, workdir: Path,
                "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
                "--trainer.num_sanity_val_steps", "0", "--trainer.enable_checkpointing", "false",
                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-               "--trainer.enable_model_summary", "false"]
+               "--trainer.enable_model_summary", "false",
+               "--trainer.default_root_dir", str(workdir)]  # config.yaml: removed below
     env = checkout_env()  # the package and this module from this checkout
     env.pop("OMP_NUM_THREADS", None)
     if threads is not None:
