@@ -63,6 +63,20 @@ def _wait_for(proc: subprocess.Popen[str], ready: Any, timeout: float = 120) -> 
     assert proc.poll() is None, "the run ended before it was interrupted"
 
 
+def _kill_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 120,
+               settle: float = 0.0) -> None:
+    """SIGKILL ``proc`` once ``ready()`` holds (and ``settle`` seconds more); never leak it."""
+    try:
+        _wait_for(proc, ready, timeout)
+        time.sleep(settle)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
 def expected(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path,
              coarse_nc: Path) -> np.ndarray[Any, Any]:
@@ -134,14 +148,7 @@ def test_killed_zarr_run_resumes_with_the_missing_chunks_only(
         dirs = [outdir / n for n in _temporaries(outdir) if n.endswith(".chunks.tmp")]
         return [m.name for d in dirs if d.is_dir() for m in d.iterdir()]
 
-    try:
-        _wait_for(proc, lambda: outdir.is_dir() and len(markers()) >= 3)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _kill_when(proc, lambda: outdir.is_dir() and len(markers()) >= 3)
     done = len(markers())
     assert 3 <= done < 12
     computed: list[str] = []
@@ -190,15 +197,7 @@ def test_training_killed_then_resumed_continues_from_the_saved_epoch_and_step(
     last = tmp_path / "outputs" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([*common, "--trainer.max_epochs", "1000"], cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(proc, last.exists, timeout=240)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _kill_when(proc, last.exists, timeout=240, settle=1.0)
     saved = torch.load(last, map_location="cpu", weights_only=False)
     epoch, step = saved["epoch"], saved["global_step"]
     assert step > 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -22,14 +20,7 @@ from downscale.metrics import conservation_error
 from downscale.tasks import DownscalingTask
 from downscale.testing import synthetic_field
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: thread start-up costs more than it saves (and the CI box is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(factor: int, coarse_blocks: int = 1, fine_blocks: int = 1, seed: int = 0,

@@ -3,7 +3,7 @@ receptive field, and tiles extended by it give the whole-field result."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,13 +25,7 @@ from downscale.nn.protocol import tile_alignment
 from downscale.tasks import DownscalingTask, TerrainTask
 from downscale.testing import synthetic_field
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -44,12 +44,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 # -- fixtures ------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(*args: str | Path) -> None:
