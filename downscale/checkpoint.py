@@ -52,6 +52,12 @@ class CheckpointInfo:
         return trained if isinstance(trained, dict) else None
 
     @property
+    def contents(self) -> dict[str, Any]:
+        """What :func:`check_trained_for` reads, as in the checkpoint file."""
+        return {"hyper_parameters": self.config.get("hyper_parameters", {}),
+                "downscale_data": self.config.get("trained_on", {})}
+
+    @property
     def is_terrain(self) -> bool:
         """Whether the checkpoint is a terrain generator (any DEM's elevation, in metres)."""
         return self.task == "TerrainTask"
@@ -90,14 +96,35 @@ def load_checkpoint_dict(path: str | os.PathLike[str]) -> Any:
         CheckpointError: The file is missing, corrupt, or holds Python objects besides
             tensors and plain containers (refused rather than executed).
     """
+    return _load_once(path)[0]
+
+
+def _load_once(path: str | os.PathLike[str], sha256: str | None = None) -> tuple[Any, str]:
+    """A checkpoint's contents and the sha256 of the same bytes: the file is read once.
+
+    Args:
+        path: The checkpoint file.
+        sha256: The digest it must have (a run checks that the file did not change), or
+            None.
+
+    Raises:
+        CheckpointError: As :func:`load_checkpoint_dict`; or the digest differs.
+    """
+    import io
+
     import torch
 
     where = Path(path)
     if not where.is_file():
         raise CheckpointError(f"{where}: checkpoint file not found. Check the path given to "
                               "--checkpoint or --ckpt_path.")
+    data = where.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise CheckpointError(f"{where}: the checkpoint changed while the run was going on. "
+                              "Run again.")
     try:
-        return torch.load(where, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), digest
     except Exception as exc:
         text = " ".join(str(exc).split())
         if "WeightsUnpickler error:" in text:  # torch's advice to unpickle anyway is omitted
@@ -146,7 +173,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
             downscaling model trained by this package.
     """
     where = Path(path)
-    raw = load_checkpoint_dict(where)
+    raw, sha256 = _load_once(where)
     task = checkpoint_task(raw, where)
     trained, hparams = raw["downscale_data"], raw["hyper_parameters"]
     state = plain_state_dict(raw)
@@ -154,7 +181,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
             if f"norm_{k}" in state}
     config = {"hyper_parameters": {k: v for k, v in hparams.items() if not k.startswith("_")},
               "trained_on": trained, "normalisation": norm, "task": task}
-    return CheckpointInfo(str(where.resolve()), file_sha256(where), str(trained["variable"]),
+    return CheckpointInfo(str(where.resolve()), sha256, str(trained["variable"]),
                           trained.get("units"), int(hparams["factor"]),
                           json.loads(json.dumps(config, default=str)), task)
 
@@ -245,10 +272,7 @@ def load_model(checkpoint: str, sha256: str, device: str = "cpu",
         device = "cuda" if torch.cuda.is_available() else "cpu"
     key = (checkpoint, sha256, device, task)
     if key not in _MODELS:
-        if file_sha256(checkpoint) != sha256:
-            raise CheckpointError(f"{checkpoint}: the checkpoint changed while the run was "
-                                  "going on. Run again.")
-        raw = load_checkpoint_dict(checkpoint)
+        raw = _load_once(checkpoint, sha256)[0]
         held = checkpoint_task(raw, checkpoint)
         if held != task:
             raise CheckpointError(f"{checkpoint}: holds a {held}, not a {task}. Give a "

@@ -71,7 +71,7 @@ from downscale.batch.plan import (
     plan_outputs,
 )
 from downscale.batch.record import RunRecord
-from downscale.checkpoint import CheckpointInfo, read_checkpoint
+from downscale.checkpoint import CheckpointInfo, check_trained_for, read_checkpoint
 from downscale.errors import CheckpointError, InputError
 from downscale.helptext import plain
 from downscale.validate import check_coverage
@@ -238,10 +238,7 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     _check_options(args)
     ckpt = read_checkpoint(args.checkpoint)
     variable = args.variable or default_variable(ckpt, str(args.input[0]))
-    if variable != ckpt.variable and not ckpt.is_terrain:
-        raise CheckpointError(f"{ckpt.path}: trained for variable '{ckpt.variable}', but "
-                              f"--variable selects '{variable}'. Use a checkpoint trained for "
-                              f"'{variable}'.")
+    check_trained_for(ckpt.contents, ckpt.path, variable=variable, terrain=ckpt.is_terrain)
     inputs = [str(p) for p in args.input]
     fields = open_inputs(inputs, variable, ckpt)
     for path, field in zip(inputs, fields, strict=True):

@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
-from downscale.checkpoint import CheckpointInfo
+from downscale.checkpoint import CheckpointInfo, check_trained_for
 from downscale.errors import CheckpointError, InputError
 from downscale.grid import horizontal_dims
 
@@ -39,16 +39,13 @@ def default_variable(ckpt: CheckpointInfo, first_input: str) -> str:
 
 def _check_variable_present(path: str, variable: str, trained: str) -> None:
     """Raise a clear error when an input lacks the variable (unreadable files: open_field)."""
-    import netCDF4
+    from downscale.io import gridded_variables_in
 
     try:
-        with netCDF4.Dataset(path) as nc:
-            bounds = {str(getattr(v, "bounds", "")) for v in nc.variables.values()}
-            names = [str(n) for n, v in nc.variables.items() if v.ndim >= 2 and n not in bounds]
-            present = variable in nc.variables
-    except Exception:
+        names = gridded_variables_in(path, variable)
+    except InputError:
         return  # missing, corrupt, not NetCDF: open_field says what is wrong
-    if present:
+    if variable in names or _has_variable(path, variable):
         return
     import difflib
 
@@ -63,6 +60,12 @@ def _check_variable_present(path: str, variable: str, trained: str) -> None:
     raise InputError(f"variable not found{guess}; gridded variables: "
                      f"{', '.join(sorted(names)) or 'none'}", path=path, variable=variable,
                      hint=hint)
+
+
+def _has_variable(path: str, variable: str) -> bool:
+    """Whether the file has ``variable`` at all (a coordinate, say: open_field explains)."""
+    with xr.open_dataset(path, decode_times=False) as ds:
+        return variable in ds.variables
 
 
 def open_inputs(paths: Sequence[str], variable: str, ckpt: CheckpointInfo) -> list[xr.Dataset]:
@@ -85,10 +88,8 @@ def open_inputs(paths: Sequence[str], variable: str, ckpt: CheckpointInfo) -> li
             raise InputError(f"has no units attribute; the checkpoint expects '{ckpt.units}'",
                              path=path, variable=variable,
                              hint=f"set it (e.g. ncatted -a units,{variable},o,c,{ckpt.units})")
-        if ckpt.units is not None and str(units).strip() != str(ckpt.units).strip():
-            raise CheckpointError(f"{ckpt.path}: trained on '{ckpt.variable}' in {ckpt.units}, "
-                                  f"but {path} is in {units}. Convert the input to "
-                                  f"{ckpt.units}.")
+        check_trained_for(ckpt.contents, ckpt.path, units=str(units).strip(), data=path,
+                          terrain=ckpt.is_terrain)
         if horizontal_dims(field) != horizontal_dims(first):
             raise InputError(f"grid dimensions {horizontal_dims(field)} differ from "
                              f"{horizontal_dims(first)} of {paths[0]}", path=path,
