@@ -58,7 +58,6 @@ from benchmarks.inputs import VARIABLE, write_field
 from benchmarks.timing import interleaved, median, median_seconds, wall_seconds
 from downscale.inference import downscale_field, fine_bounds, fine_cell_areas
 from downscale.testing import ProcessUsage, measure_process, peak_rss
-from downscale.writers import NetCDFWriter
 
 FACTOR = 4
 #: LocalCluster workers of the distributed runs (one thread each, as ``downscale run``).
@@ -205,7 +204,7 @@ def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
     :class:`~downscale.writers.NetCDFWriter` (same encoding, atomic write and verification).
     Compute alone is timed with the runs (:func:`io_floor_run`).
     """
-    from downscale.batch.plan import Job, OutputPlan, output_template
+    from downscale.batch.plan import Job, OutputPlan, output_writer
     from downscale.data.source import FieldSource
 
     info = downscale.checkpoint.read_checkpoint(checkpoint)
@@ -227,7 +226,7 @@ def stage_seconds(checkpoint: Path, data: Input, size: Size, workdir: Path
                       "benchmark")
 
     def write() -> None:
-        writer = NetCDFWriter(output_template(job, plan), VARIABLE, plan.path, size.time_chunk)
+        writer = output_writer(job, plan)
         writer.create()
         for a, b in chunks:
             writer.write(a, b, block[: b - a])

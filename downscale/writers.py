@@ -97,7 +97,7 @@ class NetCDFWriter:
         time_chunk: Time steps per write, for the NetCDF chunk shape (:func:`netcdf_chunks`;
             zlib level 4 as the template's encoding says).
         layout: The input's layout, to write normalised values in the user's conventions
-            (:func:`downscale.batch.plan.output_layout`); None writes them as given.
+            (:func:`downscale.conventions.user_layout`); None writes them as given.
     """
 
     def __init__(self, template: xr.Dataset, variable: str, final: Path,

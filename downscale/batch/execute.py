@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from downscale.batch.inputs import bounds_key, covariate_on
-from downscale.batch.plan import Job, OutputPlan, field_source, output_layout, output_template
+from downscale.batch.plan import Job, OutputPlan, field_source, output_writer
 from downscale.batch.record import RunRecord, record_entry
 from downscale.checkpoint import load_model
 from downscale.grid import horizontal_dims
-from downscale.writers import NetCDFWriter, OutputWriter, ZarrWriter, is_zarr, make_writer
+from downscale.writers import OutputWriter, ZarrWriter, is_zarr
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ def write_netcdf_output(job: Job, plan: OutputPlan, hooks: Hooks) -> dict[str, A
 def _write_here(job: Job, plan: OutputPlan, hooks: Hooks, runner: Runner,
                 progress: Callable[[int], None]) -> dict[str, Any]:
     """Write one NetCDF output from here, its chunks computed by ``runner``."""
-    writer = NetCDFWriter(output_template(job, plan), job.variable, plan.path, job.time_chunk,
-                          output_layout(job, plan))
+    writer = output_writer(job, plan)
     writer.create()
     try:
         calls = [(job, plan.inputs, a, b, hooks) for a, b in plan.chunks(job.time_chunk)]
@@ -218,9 +217,7 @@ def _run_zarr(job: Job, plans: Sequence[OutputPlan], record: RunRecord, runner: 
     calls = []
     try:
         for plan in plans:
-            writer = make_writer(output_template(job, plan), job.variable, plan.path,
-                                 job.time_chunk, plan.tag(job.time_chunk),
-                                 output_layout(job, plan))
+            writer = output_writer(job, plan)
             assert isinstance(writer, ZarrWriter)
             writer.create()
             writers[plan] = writer

@@ -15,16 +15,18 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from downscale import __version__
 from downscale.checkpoint import CheckpointInfo
-from downscale.conventions import UserLayout
 from downscale.errors import InputError
 from downscale.grid import horizontal_dims
+
+if TYPE_CHECKING:
+    from downscale.writers import NetCDFWriter, ZarrWriter
 
 #: ``--time-chunk auto`` puts about this many bytes of fine output in a chunk.
 AUTO_CHUNK_BYTES = 16 << 20
@@ -121,40 +123,32 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
     return with_conventions(fine, conventions_of(coarse))  # the output keeps the input's
 
 
-def output_template(job: Job, plan: OutputPlan) -> xr.Dataset:
-    """The complete output Dataset of ``plan``, its values a lazy array never computed.
+def output_writer(job: Job, plan: OutputPlan) -> NetCDFWriter | ZarrWriter:
+    """The writer of ``plan``'s output (Zarr for a ``.zarr`` path, else NetCDF), not created.
 
-    Coordinates, CF attributes (:func:`downscale.cf.downscaled_dataset`) and encoding are
-    final; a writer (:mod:`downscale.writers`) creates the output from it and sets the
-    chunk shapes of its format.
+    Its template is the complete output Dataset, values a lazy array never computed:
+    coordinates, CF attributes (:func:`downscale.cf.downscaled_dataset`) and encoding are
+    final and follow the input's conventions (:func:`downscale.conventions.restore`); the
+    writer puts the normalised values it is given into the same layout.
     """
     import dask.array as dsa
 
     from downscale.cf import downscaled_dataset
+    from downscale.conventions import conventions_of, user_layout
+    from downscale.writers import make_writer
 
     source = field_source(plan.inputs, job.variable)
     grid = fine_template(source.dataset, job.factor, plan.start, plan.stop)
     ydim, xdim = horizontal_dims(grid)
     shape = (plan.stop - plan.start, grid.sizes[ydim], grid.sizes[xdim])
     values = dsa.zeros(shape, chunks=(job.time_chunk, -1, -1), dtype=np.float32)
-    ds = downscaled_dataset(values, grid, job.variable, dict(source.data.attrs),
-                            factor=job.factor, checkpoint=job.checkpoint, history=job.history,
-                            extra_attrs=job.attrs)
-    return ds
-
-
-def output_layout(job: Job, plan: OutputPlan) -> UserLayout | None:
-    """How the writers put normalised fine values into the user's layout (None: as they are).
-
-    The counterpart of :func:`output_template`, whose coordinates follow the input's
-    conventions (:func:`downscale.conventions.restore`): the values must follow them too.
-    """
-    from downscale.conventions import conventions_of, user_layout
-
-    source = field_source(plan.inputs, job.variable)
-    grid = fine_template(source.dataset, job.factor, plan.start, plan.stop)
+    template = downscaled_dataset(values, grid, job.variable, dict(source.data.attrs),
+                                  factor=job.factor, checkpoint=job.checkpoint,
+                                  history=job.history, extra_attrs=job.attrs)
     record = conventions_of(grid)
-    return None if record is None else user_layout(grid, record)
+    layout = None if record is None else user_layout(grid, record)
+    return make_writer(template, job.variable, plan.path, job.time_chunk,
+                       plan.tag(job.time_chunk), layout)
 
 
 def auto_time_chunk(field: xr.Dataset, factor: int) -> int:
