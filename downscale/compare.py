@@ -20,7 +20,6 @@ Writes ``table.md``, ``table.csv`` and ``spectra.png`` into ``--output``.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import os
@@ -28,8 +27,7 @@ import shlex
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,40 +35,19 @@ import lightning as L
 import numpy as np
 from numpy.typing import NDArray
 
+from downscale.compare_report import COLUMNS as COLUMNS
+from downscale.compare_report import Comparison, write_outputs
+from downscale.compare_report import plot_spectra as plot_spectra
+from downscale.compare_scoring import SUB_PIXEL as SUB_PIXEL
+from downscale.compare_scoring import WHOLE_CELL as WHOLE_CELL
+from downscale.compare_scoring import EvaluationFields, radial_spectrum, score, torch_model
+from downscale.compare_scoring import decoder_function as decoder_function
 from downscale.errors import InputError
 from downscale.helptext import plain
 from downscale.io import make_output_folder
 
 log = logging.getLogger(__name__)
 FloatArray = NDArray[np.float64]
-
-#: Table columns: (key, header, format).
-COLUMNS: list[tuple[str, str, str]] = [
-    ("variant", "variant", "{}"),
-    ("parameters", "parameters", "{:,.0f}"),
-    ("epochs", "epochs", "{:.0f}"),
-    ("seconds_per_epoch", "s / epoch", "{:.2f}"),
-    ("rmse", "RMSE [{units}]", "{:.4f}"),
-    ("conservation_max_rel", "conservation error (max rel.)", "{:.1e}"),
-    ("checkerboard_index", "checkerboard index", "{:.4f}"),
-    ("spectral_artifact_db", "spectral artifact [dB]", "{:.2f}"),
-    ("replica_leakage", "replica leakage", "{:.4f}"),
-    ("equivariance_int", "equivariance error, 1 cell", "{:.1e}"),
-    ("equivariance_subpixel", "equivariance error, 1/2 cell", "{:.4f}"),
-]
-WHOLE_CELL, SUB_PIXEL = (0.0, 1.0), (0.0, 0.5)  # coarse cells along x (longitude)
-
-
-@dataclass
-class EvaluationFields:
-    """Whole test fields: coarse ``(N, h, w)``, truth ``(N, H, W)``, areas and mask ``(H, W)``."""
-
-    coarse: FloatArray
-    truth: FloatArray
-    area: FloatArray
-    valid: NDArray[np.bool_]
-    periodic: bool
-    factor: int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,26 +81,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run_comparison(args.config, args.variants, args.max_epochs, args.max_time,
                             args.seed)
     print(write_outputs(result, out, command))
-
-
-@dataclass
-class Comparison:
-    """What :func:`run_comparison` found.
-
-    Attributes:
-        rows: One dict per variant, baseline and the truth, keyed like :data:`COLUMNS`.
-        spectra: Radially averaged power spectra ``{name: (frequency, power)}`` in cycles
-            per fine cell and field units squared (mean over the test fields).
-        factor: The upsampling factor.
-        units: Units of the field.
-        machine: One line on the CPU, threads and load, for reading the timings.
-    """
-
-    rows: list[dict[str, Any]]
-    spectra: dict[str, tuple[FloatArray, FloatArray]]
-    factor: int
-    units: str
-    machine: str = ""
 
 
 def run_comparison(configs: Sequence[str], variants: Sequence[str], max_epochs: int,
@@ -258,163 +215,3 @@ def load_test_fields(dm: Any) -> EvaluationFields:
                       area=first["fine_area"][0].double().numpy(),
                       valid=first["fine_valid"][0].numpy(), periodic=bool(first["periodic"]),
                       factor=int(dm.factor))
-
-
-def torch_model(task: Any, fields: EvaluationFields) -> Callable[[FloatArray], FloatArray]:
-    """``coarse (N, h, w) -> fine (N, H, W)`` with the trained task, on the test fields' grid."""
-    import torch
-
-    area = torch.from_numpy(fields.area).float()[None, None]
-    valid = torch.from_numpy(fields.valid)[None, None]
-
-    def model(coarse: FloatArray) -> FloatArray:
-        x = torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float32))[:, None]
-        with torch.no_grad():
-            y = task(x, area, valid, fields.periodic)
-        out: FloatArray = y[:, 0].double().numpy()
-        return out
-
-    return model
-
-
-def decoder_function(decoder: Any, *, periodic: bool = False, mean: float = 0.0,
-                     std: float = 1.0, fine_area: FloatArray | None = None
-                     ) -> Callable[[FloatArray], FloatArray]:
-    """``coarse (N, h, w) -> fine (N, H, W)`` in numpy for a bare decoder (no task).
-
-    Args:
-        decoder: A decoder of :mod:`downscale.nn` (``factor`` attribute, the
-            :class:`~downscale.nn.ConservingDecoder` forward signature), e.g. untrained.
-        periodic: Whether the last axis wraps around.
-        mean: Normalisation mean (``x_norm = (x - mean) / std``), field units.
-        std: Normalisation scale and scale of the learnt detail, field units.
-        fine_area: Fine cell areas ``(H, W)``; equal areas if None.
-
-    Returns:
-        A function for :func:`~downscale.metrics.equivariance_error` and friends (float64
-        in and out; the decoder runs in its own dtype, without gradients).
-    """
-    import torch
-
-    dtype = next(decoder.parameters()).dtype
-
-    def model(coarse: FloatArray) -> FloatArray:
-        x = torch.from_numpy(np.ascontiguousarray(coarse)).to(dtype)[:, None]
-        f = int(decoder.factor)
-        shape = (1, 1, x.shape[-2] * f, x.shape[-1] * f)
-        area = (torch.ones(shape, dtype=dtype) if fine_area is None
-                else torch.from_numpy(fine_area).to(dtype).reshape(shape))
-        with torch.no_grad():
-            y = decoder(x, torch.nan_to_num((x - mean) / std), area,
-                        torch.ones(shape, dtype=torch.bool),
-                        torch.full((1, 1, 1, 1), std, dtype=dtype), periodic)
-        out: FloatArray = y[:, 0].double().numpy()
-        return out
-
-    return model
-
-
-def score(model: Callable[[FloatArray], FloatArray], fields: EvaluationFields, *,
-          equivariance: bool = True) -> dict[str, Any]:
-    """The table's skill and artifact figures of one model on the test fields."""
-    from downscale.metrics import (
-        checkerboard_index,
-        conservation_error,
-        equivariance_error,
-        rmse,
-        spectral_artifact_index,
-        spectral_replica_leakage,
-    )
-
-    f, pred = fields.factor, model(fields.coarse)
-    row: dict[str, Any] = {
-        "rmse": rmse(pred, fields.truth),
-        "conservation_max_rel": conservation_error(pred, fields.coarse, fields.area,
-                                                   f).max_rel,
-        "checkerboard_index": float(np.nanmean([checkerboard_index(p, f) for p in pred])),
-        "spectral_artifact_db": spectral_artifact_index(pred, f),
-        "replica_leakage": spectral_replica_leakage(pred, f),
-    }
-    if equivariance:
-        wraps = (False, fields.periodic)
-        row["equivariance_int"] = equivariance_error(model, fields.coarse, f, WHOLE_CELL,
-                                                     periodic=wraps)
-        row["equivariance_subpixel"] = equivariance_error(model, fields.coarse, f, SUB_PIXEL,
-                                                          periodic=wraps)
-    return row
-
-
-def radial_spectrum(fine: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Hann-tapered, radially averaged power spectrum, mean over the fields."""
-    from downscale.baselines import fill_missing_nearest
-    from downscale.spectra import power_spectrum_radial
-
-    return power_spectrum_radial(fill_missing_nearest(fine), hann=True)
-
-
-def write_outputs(result: Comparison, out: Path, command: str) -> str:
-    """Write ``table.csv``, ``table.md`` and ``spectra.png``; return the Markdown table."""
-    rows = result.rows
-    headers = [header.format(units=result.units) for _, header, _ in COLUMNS]
-    with open(out / "table.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow([key for key, _, _ in COLUMNS])
-        for row in rows:
-            writer.writerow([_csv_value(row.get(key)) for key, _, _ in COLUMNS])
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        cells = [_cell(row.get(key), fmt) for key, _, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    (out / "table.md").write_text(f"Made by:\n\n    {command}\n\nMachine: {result.machine}\n\n"
-                                  f"{table}\n")
-    plot_spectra(result.spectra, result.factor, out / "spectra.png")
-    return table
-
-
-def plot_spectra(spectra: dict[str, tuple[FloatArray, FloatArray]], factor: int,
-                 path: Path) -> None:
-    """Log-log power spectra and their ratio to the truth's, alias frequencies marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    truth = spectra.get("truth")
-    for name, (freq, power) in spectra.items():
-        style = {"color": "black", "lw": 2.2} if name == "truth" else (
-            {"color": "grey", "ls": "--"} if name == "bicubic" else {})
-        ax.loglog(freq, power, label=name, **style)
-        if truth is not None and len(truth[1]) == len(power):
-            ratio_ax.semilogx(freq, power / truth[1], label=name, **style)
-    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
-
-    for a in (ax, ratio_ax):
-        a.xaxis.set_major_locator(FixedLocator([0.03, 0.1, 0.3, 0.5]))
-        a.xaxis.set_major_formatter(ScalarFormatter())
-        a.xaxis.set_minor_formatter(NullFormatter())
-        for j in range(1, factor):
-            a.axvline(j / factor, color="red", lw=0.6, ls=":")
-        a.axvline(0.5 / factor, color="blue", lw=0.6, ls=":")
-        a.set_xlabel("frequency [cycles per fine cell]")
-    ax.set_ylabel("power per mode [field units²]")
-    ax.set_title("radially averaged power spectra (test split)")
-    ratio_ax.set_ylabel("power / truth's power")
-    ratio_ax.set_title("ratio to truth (blue: coarse Nyquist; red: alias frequencies)")
-    ratio_ax.axhline(1.0, color="black", lw=0.8)
-    ax.legend(fontsize=7, ncol=2)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _cell(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return fmt.format(value) if not isinstance(value, str) else value
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return value

@@ -3,7 +3,7 @@
 Elevation ``h`` in metres lies on a grid whose neighbouring cell centres are ``dy`` metres
 apart along rows (north-south) and ``dx`` metres apart along columns (west-east). On a
 latitude-longitude grid ``dx = R cos(lat) dlon`` shrinks towards the poles, so ``dx`` may
-vary per row; :func:`downscale.dem.grid_spacing` computes both for a normalised field.
+vary per row; :func:`downscale.dem_grid.grid_spacing` computes both for a normalised field.
 
 The slope is ``|grad h| = sqrt((dh/dy)^2 + (dh/dx)^2)`` (m/m, i.e. ``tan`` of the slope
 angle) by finite differences: central in the interior, one-sided at the edges, as

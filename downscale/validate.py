@@ -13,7 +13,8 @@ entry point goes through this module:
 * :func:`check_coverage` -- a file or a time step with no valid value at all: one warning
   line (an error with ``strict``).
 * :func:`coordinate_scale` -- latitude/longitude must be in degrees (radians are refused),
-  projected x/y in a length unit (km are converted to the metres the package assumes).
+  projected x/y in a length unit (km are converted to the metres the package assumes);
+  it lives in :mod:`downscale.coordinate_units` and is re-exported here.
 
 Errors are :class:`~downscale.errors.InputError`: one line naming the file, the variable,
 the count, an example position (time, lat, lon) and what to do.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,12 +33,13 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
+from downscale.coordinate_units import Fail as Fail
+from downscale.coordinate_units import coordinate_scale as coordinate_scale
 from downscale.errors import InputError
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-Fail = Callable[[str, str], InputError]
 
 #: Values at or beyond this magnitude in a field are undeclared fill values, not data.
 SUSPICIOUS_MAGNITUDE = 1e20
@@ -355,56 +356,3 @@ def report_coverage(da: xr.DataArray, counts: Sequence[int] | NDArray[np.int64],
                          hint="check the file and its _FillValue attribute (without --strict "
                          "this is a warning and missing input gives missing output)")
     log.warning("%s: %s: %s; the output is missing there too.", where, da.name, problem)
-
-
-# -- coordinate units ------------------------------------------------------------------------
-_DEGREE_SPELLINGS = ("degrees_north", "degree_north", "degrees_n", "degree_n", "degrees_east",
-                     "degree_east", "degrees_e", "degree_e", "degrees", "degree")
-
-
-def coordinate_scale(units: object, dim: str, label: str, *, latlon: bool, fail: Fail
-                     ) -> float:
-    """The factor that brings a horizontal coordinate into the package's units.
-
-    Latitude/longitude must be in degrees: radians (or another angle) are refused, since
-    the cell areas, and so conservation, follow from them. Projected ``y``/``x`` must carry
-    a length unit; they are converted to metres (a factor of 1000 for km).
-
-    Args:
-        units: The coordinate's units attribute (None: none).
-        dim: ``"lat"``, ``"lon"``, ``"y"`` or ``"x"``.
-        label: The coordinate's name in the file, for the message.
-        latlon: Whether the grid is latitude-longitude.
-        fail: Builds the error (file and variable filled in).
-
-    Raises:
-        InputError: Angles not in degrees; projected coordinates without a length unit.
-    """
-    text = "" if units is None else str(units).strip()
-    import cf_units
-
-    try:
-        unit = cf_units.Unit(text) if text else None
-    except ValueError:
-        unit = None
-    if latlon:
-        degrees = f"degrees_{'north' if dim == 'lat' else 'east'}"
-        if not text or text.lower() in _DEGREE_SPELLINGS:
-            return 1.0  # no units: the name or standard_name said latitude/longitude
-        # udunits counts angles as dimensionless: "1" and "%" convert to degrees too.
-        factor = (float(unit.convert(1.0, "degree"))
-                  if unit is not None and unit.is_convertible("degree") else math.nan)
-        if math.isclose(factor, 1.0):
-            return 1.0
-        if text.lower() not in ("1", "%") and np.isfinite(factor):
-            raise fail(f"the '{label}' coordinate is in {text}, not degrees (the cell areas, "
-                       "and so conservation, would be wrong)",
-                       f"convert it to degrees (multiply by {factor:.10g}) and set "
-                       f"units={degrees}")
-        raise fail(f"the '{label}' coordinate has units '{text}', not degrees",
-                   f"set units={degrees} if the values are degrees")
-    if unit is not None and unit.is_convertible("m"):
-        return float(unit.convert(1.0, "m"))
-    raise fail(f"the projected '{label}' coordinate has "
-               + (f"units '{text}', not a length" if text else "no units"),
-               "set its units attribute to a length (e.g. units=m)")

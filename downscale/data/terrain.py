@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from downscale.aggregate import crop_to_factor
 from downscale.data.samples import RandomPatchDataset, Sample, TileDataset
 from downscale.data.source import FieldSource, NormStats
-from downscale.dem import dem_slope, dem_variable, grid_spacing, open_dem, subdivide_grid
+from downscale.dem import open_dem
+from downscale.dem_grid import dem_slope, dem_variable, grid_spacing, subdivide_grid
 from downscale.errors import InputError
 from downscale.grid import horizontal_dims
 
