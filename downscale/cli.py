@@ -64,6 +64,10 @@ class DownscaleCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else self.config
         ckpt_path = config.get("ckpt_path") if config is not None else None
+        if subcommand == "predict" and config.get("return_predictions") is None:
+            # The writer streams each chunk to the file; Lightning would otherwise keep
+            # every prediction in memory as well (the whole output: unbounded memory).
+            config["return_predictions"] = False
         if ckpt_path == "last" and subcommand != "fit":
             # Resolved here, not by Lightning, so that the checkpoint's hyperparameters
             # (model size, factor) are read from it as for any other checkpoint file.

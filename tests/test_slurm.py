@@ -96,7 +96,8 @@ def test_train_sbatch_fits_and_a_requeued_job_resumes(slurm: dict[str, str],
     log = tmp_path / "outputs" / f"slurm-{job}.log"
     assert submit.returncode == 0, (submit.stderr, log.read_text()[-3000:] if log.exists()
                                     else "")
-    last = tmp_path / "outputs" / "checkpoints" / "last.ckpt"
+    # The tiny config's CSVLogger (save_dir outputs, name lightning_logs) holds the run.
+    last = tmp_path / "outputs" / "lightning_logs" / "checkpoints" / "last.ckpt"
     first = _ckpt(last)
     assert first["epoch"] == 0 and first["global_step"] > 0
 
