@@ -3,6 +3,7 @@ user errors as one line."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,8 @@ def test_fit_fast_dev_run_on_real_data() -> None:
     main(["fit", "--config", TINY, "--trainer.fast_dev_run", "1"])
 
 
-def test_fit_then_predict_writes_conserving_cf_netcdf(tmp_path: Path) -> None:
+def test_fit_then_predict_writes_conserving_cf_netcdf(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     main(["fit", "--config", TINY, "--trainer.max_epochs", "1",
           "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path)])
     checkpoints = sorted(tmp_path.glob("outputs/**/*.ckpt"))
@@ -71,8 +73,20 @@ def test_fit_then_predict_writes_conserving_cf_netcdf(tmp_path: Path) -> None:
     config = sorted(tmp_path.glob("outputs/**/config.yaml"))
     assert config, "the run's config was not saved with its logs"
     out = tmp_path / "e1_down.nc"
+    import lightning as L
+
+    asked: list[object] = []
+    predict = L.Trainer.predict
+
+    @functools.wraps(predict)  # LightningCLI reads the method's signature for its options
+    def spy(self: L.Trainer, *args: object, **kwargs: object) -> object:
+        asked.append(kwargs.get("return_predictions"))
+        return predict(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(L.Trainer, "predict", spy)
     main(["predict", "--config", TINY, "--ckpt_path", str(checkpoints[-1]),
           "--prediction_writer.output", str(out)])
+    assert asked == [False]  # streamed to the file, not also kept in memory (the output)
     with xr.open_dataset(out) as ds:
         da = ds["air_temperature"]
         assert da.dims == ("time", "latitude", "longitude")  # E1's names (issue 13)
