@@ -38,6 +38,8 @@ SECTIONS = {
     "training": ("Training: data loading vs the model, DDP 2 vs 1", "benchmarks.training"),
     "startup": ("Start-up: `downscale run` on a small file vs the import floor",
                 "benchmarks.startup"),
+    "predict": ("`downscale predict`: peak memory against the output's size",
+                "benchmarks.predict"),
 }
 SIZES = ("small", "medium", "large")
 
@@ -130,6 +132,11 @@ def targets(sections: dict[str, Any]) -> list[tuple[str, str, float, bool]]:
         ratio = startup["time_ratio"]
         rows.append(("`run` start-up at most 1.5x `import torch, xarray, dask.array`",
                      "wall time, small file / import floor", ratio, ratio <= 1.5))
+    predict = sections.get("predict", {})
+    if "slope" in predict:
+        slope = predict["slope"]
+        rows.append(("`predict` peak memory bounded by the chunk, not the output",
+                     "peak RSS growth / output growth, 10x -> 40x steps", slope, slope <= 0.25))
     if "loading" in training:
         ratio = training["loading"]["ratios"]["loader_over_model"]
         rows.append(("loader at least 3x the model's consumption",
