@@ -7,8 +7,9 @@ and its children). A buffered output adds to the peak what it adds to the output
 float32); a streamed one adds nothing. Measured as the slope: the growth of the peak from
 the short to the long input over the growth of the output. Both inputs, and both outputs,
 are longer than netCDF-C's chunk cache (64 MiB each by default, a fixed bound that
-shorter files would not reach and so would count as growth). Target: at most 0.25; Lightning's own buffering of every prediction
-(``--return_predictions true``, the default before this section) gives about 1.
+shorter files would not reach and so would count as growth). Target: at most 0.25;
+Lightning's own buffering of every prediction (``--return_predictions true``, the default
+before this section) gives about 1.
 
 Example::
 
