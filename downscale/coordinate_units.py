@@ -17,8 +17,10 @@ from downscale.errors import InputError
 
 Fail = Callable[[str, str], InputError]
 
-_DEGREE_SPELLINGS = ("degrees_north", "degree_north", "degrees_n", "degree_n", "degrees_east",
-                     "degree_east", "degrees_e", "degree_e", "degrees", "degree")
+#: CF's spellings of latitude and longitude units (CF 4.1, 4.2), lower case.
+LAT_UNITS = ("degrees_north", "degree_north", "degrees_n", "degree_n")
+LON_UNITS = ("degrees_east", "degree_east", "degrees_e", "degree_e")
+_DEGREE_SPELLINGS = (*LAT_UNITS, *LON_UNITS, "degrees", "degree")
 
 
 def coordinate_scale(units: object, dim: str, label: str, *, latlon: bool, fail: Fail

@@ -19,6 +19,7 @@ import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 from downscale.conventions import record_field, with_conventions
+from downscale.coordinate_units import LAT_UNITS, LON_UNITS
 from downscale.errors import InputError
 from downscale.grid import bounds_from_centres
 from downscale.io.paths import PathLike
@@ -26,8 +27,6 @@ from downscale.validate import coordinate_scale, mask_outside_valid_range
 
 _LAT_NAMES = ("lat", "latitude", "nav_lat", "y_lat")
 _LON_NAMES = ("lon", "longitude", "nav_lon", "x_lon")
-_LAT_UNITS = ("degrees_north", "degree_north", "degrees_n", "degree_n")
-_LON_UNITS = ("degrees_east", "degree_east", "degrees_e", "degree_e")
 _ROTATED_NAMES = ("rlat", "rlon", "grid_latitude", "grid_longitude")
 _ROTATED_HINT = "regrid to a regular latitude-longitude grid first (e.g. cdo remapcon)"
 _INDEX = "__downscale_index_{}"
@@ -132,9 +131,9 @@ def _coord_kind(name: str, attrs: Mapping[Any, Any]) -> str | None:
     """``"lat"``, ``"lon"`` or None: what a coordinate's name, standard_name or units say."""
     standard = str(attrs.get("standard_name", ""))
     units = str(attrs.get("units", "")).lower()
-    if name.lower() in _LAT_NAMES or standard == "latitude" or units in _LAT_UNITS:
+    if name.lower() in _LAT_NAMES or standard == "latitude" or units in LAT_UNITS:
         return "lat"
-    if name.lower() in _LON_NAMES or standard == "longitude" or units in _LON_UNITS:
+    if name.lower() in _LON_NAMES or standard == "longitude" or units in LON_UNITS:
         return "lon"
     return None
 
