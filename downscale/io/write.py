@@ -11,6 +11,7 @@ import datetime as _dt
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ import xarray as xr
 
 from downscale.errors import InputError
 from downscale.io.paths import PathLike, _reason
+
+_REMOVE_ATTEMPTS = 5  # removals of a Zarr store still being written, before giving up
 
 
 def write_netcdf(ds: xr.Dataset, path: PathLike, *, verify: bool = True) -> Path:
@@ -142,10 +145,21 @@ def _removed_on_error(path: Path) -> Iterator[None]:
 
 
 def remove_output(path: Path) -> None:
-    """Delete a (temporary) output: a NetCDF file or a Zarr store; nothing if absent."""
-    if path.is_dir():
+    """Delete a (temporary) output: a NetCDF file or a Zarr store; nothing if absent.
+
+    A store being removed after an interrupt may still be written to by Zarr's I/O
+    thread for a moment (the signal stops the main thread only), so a removal that
+    leaves entries behind is retried before the last attempt's error is raised.
+    """
+    if not path.is_dir() or path.is_symlink():
+        path.unlink(missing_ok=True)
+        return
+    for _ in range(_REMOVE_ATTEMPTS - 1):
         shutil.rmtree(path, ignore_errors=True)
-    path.unlink(missing_ok=True)
+        if not path.exists():
+            return
+        time.sleep(0.1)
+    shutil.rmtree(path)
 
 
 def make_output_folder(path: PathLike) -> Path:
