@@ -76,11 +76,12 @@ def open_inputs(paths: Sequence[str], variable: str, ckpt: CheckpointInfo) -> li
             grid than the first.
         CheckpointError: An input is in other units than the checkpoint was trained in.
     """
-    from downscale.io import open_field
+    from downscale.data.source import shared_source
 
     for path in paths:
         _check_variable_present(path, variable, ckpt.variable)
-    fields = [open_field(path, variable) for path in paths]
+    # Shared with the output plan and the chunks computed here: each file is opened once.
+    fields = [shared_source([path], variable).dataset for path in paths]
     first = fields[0]
     for path, field in zip(paths, fields, strict=True):
         units = field[variable].attrs.get("units")

@@ -98,10 +98,10 @@ class OutputPlan:
 
 @functools.lru_cache(maxsize=8)
 def field_source(inputs: tuple[str, ...], variable: str) -> Any:
-    """The inputs as a :class:`~downscale.data.source.FieldSource` (own handles per process)."""
-    from downscale.data.source import FieldSource
+    """The inputs as a :class:`~downscale.data.source.FieldSource`, opened once per process."""
+    from downscale.data.source import shared_source
 
-    return FieldSource(list(inputs), variable, 1, crop=False)
+    return shared_source(inputs, variable)
 
 
 def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.Dataset:
