@@ -56,7 +56,8 @@ from benchmarks import checkout_env
 from benchmarks.identity import IDENTITY_HOOKS
 from benchmarks.inputs import VARIABLE, write_field
 from benchmarks.timing import interleaved, median, median_seconds, wall_seconds
-from downscale.inference import downscale_field, fine_bounds, fine_cell_areas
+from downscale.grid import fine_bounds, fine_cell_areas
+from downscale.inference import downscale_field
 from downscale.testing import ProcessUsage, measure_process, peak_rss
 
 FACTOR = 4

@@ -17,8 +17,7 @@ from conftest import VARIABLE, assert_cf_compliant, make_latlon_nc
 from downscale.aggregate import coarsen_field
 from downscale.cf import downscaled_dataset
 from downscale.conventions import conventions_of, restore, user_layout, with_conventions
-from downscale.grid import horizontal_dims, nesting_factor
-from downscale.inference import fine_bounds
+from downscale.grid import fine_bounds, horizontal_dims, nesting_factor
 from downscale.io import open_field, write_netcdf
 from downscale.main import main as cli_main
 

@@ -112,7 +112,7 @@ def covariate_on(path: str, variable: str | None, factor: int, y_bnds: bytes, x_
     Read once per process; :func:`downscale.data.covariate.load_covariate` checks its grid.
     """
     from downscale.data.covariate import load_covariate
-    from downscale.inference import fine_bounds
+    from downscale.grid import fine_bounds
 
     def fine(raw: bytes) -> NDArray[np.float64]:
         return fine_bounds(np.frombuffer(raw, dtype=np.float64).reshape(-1, 2), factor)

@@ -111,14 +111,10 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
     (with its encoding: units, calendar) and the dataset's attributes are kept.
     """
     from downscale.conventions import conventions_of, with_conventions
-    from downscale.inference import fine_bounds
+    from downscale.grid import nested_fine_coords
 
-    ydim, xdim = horizontal_dims(coarse)
-    coords: dict[str, Any] = {"time": coarse["time"].isel(time=slice(start, stop))}
-    for dim in (ydim, xdim):
-        bnds = fine_bounds(coarse[f"{dim}_bnds"].values, factor)
-        coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))
-        coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
+    coords: dict[str, Any] = {"time": coarse["time"].isel(time=slice(start, stop)),
+                              **nested_fine_coords(coarse, factor)}
     fine = xr.Dataset(coords=coords, attrs=dict(coarse.attrs))
     return with_conventions(fine, conventions_of(coarse))  # the output keeps the input's
 
