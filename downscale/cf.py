@@ -16,7 +16,8 @@ import numpy as np
 import xarray as xr
 
 from downscale import __version__
-from downscale.conventions import conventions_of, restore
+from downscale.conventions import FieldConventions, conventions_of, restore
+from downscale.grid_geometry import GRID_MAPPING_COORD, GridKind, geographic_coords, geometry_of
 from downscale.io import history_line
 
 CONVENTIONS = "CF-1.11"
@@ -75,8 +76,7 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
         ds[dim].encoding["_FillValue"] = None
         ds[f"{dim}_bnds"].encoding["_FillValue"] = None
     if ydim == "y":
-        ds["y"].attrs.update(units="m", standard_name="projection_y_coordinate")
-        ds["x"].attrs.update(units="m", standard_name="projection_x_coordinate")
+        ds = _with_grid_mapping(ds, variable, record)
     if "time" in ds.coords:
         ds["time"].attrs.setdefault("standard_name", "time")
         ds["time"].attrs.setdefault("axis", "T")
@@ -100,6 +100,34 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
         **(extra_attrs or {}),
     }
     return restore(ds, record)
+
+
+def _with_grid_mapping(ds: xr.Dataset, variable: str, record: FieldConventions | None
+                       ) -> xr.Dataset:
+    """x/y axes described; a mapped grid's 2-D lat/lon and its grid mapping variable.
+
+    The grid mapping variable is the input's (:func:`downscale.conventions.restore`
+    copies it) or, for a field without a record, ``crs``.
+    """
+    geometry = geometry_of(ds)
+    rotated = geometry.kind is GridKind.ROTATED
+    for dim, std in (("y", "latitude"), ("x", "longitude")):
+        if rotated:
+            ds[dim].attrs.update(units="degrees", standard_name=f"grid_{std}")
+        else:
+            ds[dim].attrs.update(units="m", standard_name=f"projection_{dim}_coordinate")
+        ds[dim].attrs["axis"] = dim.upper()
+    if not geometry.mapped:
+        return ds
+    extra = geographic_coords(ds)
+    ds = ds.drop_vars(GRID_MAPPING_COORD).assign(extra).set_coords(["lat", "lon"])
+    for name in extra:
+        ds[name].encoding["_FillValue"] = None
+    ds[variable].encoding["coordinates"] = "lat lon"
+    if record is None or record.grid_mapping is None:
+        ds["crs"] = ((), np.int32(0), dict(geometry.mapping))
+        ds[variable].attrs["grid_mapping"] = "crs"
+    return ds
 
 
 #: Calendars whose times may or may not count leap seconds (CF-1.11 §4.4.3).

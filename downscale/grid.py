@@ -11,7 +11,7 @@ Conventions used throughout the package:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -21,6 +21,9 @@ from numpy.typing import NDArray
 EARTH_RADIUS_M = 6_371_008.8
 
 FloatArray = NDArray[np.float64]
+
+if TYPE_CHECKING:
+    from downscale.grid_geometry import GridGeometry
 
 
 def bounds_from_centres(centres: NDArray[np.floating], *, clip: tuple[float, float] | None = None
@@ -90,14 +93,17 @@ def cell_areas_projected(y_bounds: NDArray[np.floating], x_bounds: NDArray[np.fl
 
 
 def cell_areas(da: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    """Cell areas (m^2) of a normalised field, from its ``*_bnds`` coordinates.
+    """Cell areas (m^2) on the Earth of a normalised field, from its ``*_bnds`` coordinates.
 
-    Works for ``lat``/``lon`` grids (spherical areas) and ``y``/``x`` grids in metres.
+    Latitude-longitude, rotated-pole and projected grids (with their grid mapping) get true
+    areas; x/y grids without one planar ``dx * dy`` (:mod:`downscale.grid_geometry`).
     """
+    from downscale.grid_geometry import geometry_of
+
     ydim, xdim = horizontal_dims(da)
     yb = np.asarray(da[f"{ydim}_bnds"].values)
     xb = np.asarray(da[f"{xdim}_bnds"].values)
-    area = cell_areas_latlon(yb, xb) if ydim == "lat" else cell_areas_projected(yb, xb)
+    area = geometry_of(da).cell_areas(yb, xb)
     return xr.DataArray(area, dims=(ydim, xdim), coords={ydim: da[ydim], xdim: da[xdim]},
                         attrs={"units": "m2", "standard_name": "cell_area"})
 
@@ -164,20 +170,26 @@ def fine_bounds(coarse_bounds: NDArray[np.floating], factor: int) -> NDArray[np.
 
 
 def fine_cell_areas(coarse_y_bnds: NDArray[np.floating], coarse_x_bnds: NDArray[np.floating],
-                    factor: int, *, latlon: bool = True) -> NDArray[np.float64]:
+                    factor: int, *, latlon: bool = True, geometry: GridGeometry | None = None
+                    ) -> NDArray[np.float64]:
     """Cell areas (m^2) of the fine grid that splits each coarse cell ``factor x factor``.
 
     Args:
-        coarse_y_bnds: ``(h, 2)`` latitude (degrees) or y (metres) bounds.
-        coarse_x_bnds: ``(w, 2)`` longitude (degrees) or x (metres) bounds.
+        coarse_y_bnds: ``(h, 2)`` latitude (degrees), rotated latitude or y (metres) bounds.
+        coarse_x_bnds: ``(w, 2)`` longitude (degrees), rotated longitude or x (metres) bounds.
         factor: Fine cells per coarse cell along each axis.
-        latlon: Spherical areas of a latitude-longitude grid, else planar areas.
+        latlon: Without ``geometry``: spherical areas of a latitude-longitude grid, else
+            planar areas.
+        geometry: The grid's geometry (:func:`downscale.grid_geometry.geometry_of`); it
+            overrides ``latlon``.
 
     Returns:
         ``(h * factor, w * factor)`` areas in m^2.
     """
+    from downscale.grid_geometry import LATLON, PLANAR
+
     yb, xb = fine_bounds(coarse_y_bnds, factor), fine_bounds(coarse_x_bnds, factor)
-    return cell_areas_latlon(yb, xb) if latlon else cell_areas_projected(yb, xb)
+    return (geometry or (LATLON if latlon else PLANAR)).cell_areas(yb, xb)
 
 
 def coarse_bounds(fine_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
@@ -196,9 +208,14 @@ def nested_fine_coords(coarse: xr.Dataset | xr.DataArray, factor: int
 
     Returns:
         ``{dim: (dim, centres, attrs), f"{dim}_bnds": ((dim, "bnds"), bounds)}`` for both
-        horizontal dimensions, ready for :class:`xarray.Dataset`'s ``coords``.
+        horizontal dimensions, and the grid mapping coordinate where ``coarse`` has one
+        (:mod:`downscale.grid_geometry`), ready for :class:`xarray.Dataset`'s ``coords``.
     """
+    from downscale.grid_geometry import GRID_MAPPING_COORD
+
     coords: dict[str, tuple[Any, ...]] = {}
+    if GRID_MAPPING_COORD in coarse.coords:
+        coords[GRID_MAPPING_COORD] = ((), np.int32(0), dict(coarse[GRID_MAPPING_COORD].attrs))
     for dim in horizontal_dims(coarse):
         bnds = fine_bounds(coarse[f"{dim}_bnds"].values, factor)
         coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))

@@ -52,6 +52,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from downscale.grid import fine_cell_areas, is_periodic_longitude
+from downscale.grid_geometry import GridGeometry, GridKind
 from downscale.nn.conserving import block_repeat
 from downscale.nn.protocol import NotTileableError, tile_alignment
 
@@ -159,7 +160,8 @@ def model_halo(model: nn.Module) -> int:
 def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
                     coarse_y_bnds: NDArray[np.floating], coarse_x_bnds: NDArray[np.floating],
                     factor: int, *, tile_size: int | None = None, periodic: bool | None = None,
-                    latlon: bool = True, halo: int | None = None,
+                    latlon: bool = True, geometry: GridGeometry | None = None,
+                    halo: int | None = None,
                     batch_cells: int = DEFAULT_BATCH_CELLS,
                     covariate: NDArray[np.floating] | None = None,
                     fine_valid: NDArray[np.bool_] | None = None) -> NDArray[np.float32]:
@@ -179,7 +181,10 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
             one); None runs the whole field at once.
         periodic: Whether longitude is periodic; None infers it from ``coarse_x_bnds``
             (a full 360 degree circle on a lat-lon grid).
-        latlon: Lat-lon grid (spherical areas) or projected grid in metres.
+        latlon: Lat-lon grid (spherical areas) or x/y grid in metres (planar areas);
+            ignored when ``geometry`` is given.
+        geometry: The grid's geometry (:func:`downscale.grid_geometry.geometry_of`):
+            true areas of rotated-pole and projected grids.
         halo: Halo in coarse cells; None uses the decoder's :func:`receptive_field`. A
             smaller halo than that makes tiles differ from the whole-field result.
         batch_cells: At most this many ``time steps x fine cells`` per forward pass.
@@ -203,12 +208,15 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
     if values.ndim != 3:
         raise ValueError(f"coarse must have shape (T, h, w), got {values.shape}")
     t_len, h, w = values.shape
+    if geometry is not None:
+        latlon = geometry.kind is GridKind.LATLON
     if periodic is None:
         periodic = latlon and is_periodic_longitude(coarse_x_bnds)
     y_bnds, x_bnds = np.asarray(coarse_y_bnds), np.asarray(coarse_x_bnds)
     # Areas per tile (the whole fine grid in float64 would be 8 bytes a cell), in units of
     # the mean fine cell: only ratios within a coarse block matter, and float32 likes ~1.
-    area_unit = float(np.mean(fine_cell_areas(y_bnds, x_bnds, 1, latlon=latlon))) / factor**2
+    area_unit = float(np.mean(fine_cell_areas(y_bnds, x_bnds, 1, latlon=latlon,
+                                                geometry=geometry))) / factor**2
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
@@ -229,7 +237,8 @@ def downscale_field(model: nn.Module, coarse: NDArray[np.floating],
                 extra["covariate"] = torch.from_numpy(np.ascontiguousarray(
                     covariate[:, rows][:, :, cols])).to(device, dtype)[None]
             tile_area = torch.from_numpy(fine_cell_areas(
-                y_bnds[tile.rows], x_bnds[tile.cols], factor, latlon=latlon) / area_unit
+                y_bnds[tile.rows], x_bnds[tile.cols], factor, latlon=latlon, geometry=geometry)
+                / area_unit
             ).to(device, dtype)
             tile_coarse = values[:, tile.rows][:, :, tile.cols]
             steps = max(1, batch_cells // tile_area.numel())

@@ -31,6 +31,7 @@ from downscale.batch.plan import Job, OutputPlan, field_source, output_writer
 from downscale.batch.record import RunRecord, record_entry
 from downscale.checkpoint import load_model
 from downscale.grid import horizontal_dims
+from downscale.grid_geometry import geometry_of
 from downscale.writers import OutputWriter, ZarrWriter, is_zarr
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int,
                                  *bounds_key(ds)).values[None]
     fine = downscale_field(model, values, ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values,
                            job.factor, tile_size=job.tile_size, halo=job.halo,
-                           latlon=ydim == "lat", covariate=covariate)
+                           geometry=geometry_of(ds), covariate=covariate)
     hooks.pause("computed")
     return fine
 

@@ -159,10 +159,12 @@ def restore(ds: xr.Dataset, record: FieldConventions | None = None) -> xr.Datase
             f"{name}_bnds")
         attrs = {**out[dim].attrs, **(axis.attrs if axis is not None else {})}
         attrs = {k: v for k, v in attrs.items() if k not in ("_FillValue", "actual_range")}
-        out = out.assign_coords({dim: (dim, layout.centres[dim], {**attrs,
-                                                                  "bounds": bounds_name})})
+        # Projected axes were brought to metres: back to the file's length unit (km, ...).
+        scale = _from_metres(out[dim].attrs.get("units"), attrs.get("units"))
+        out = out.assign_coords({dim: (dim, layout.centres[dim] * scale,
+                                       {**attrs, "bounds": bounds_name})})
         was_coord = f"{dim}_bnds" in out.coords
-        out[f"{dim}_bnds"] = ((dim, "bnds"), layout.bounds[dim])
+        out[f"{dim}_bnds"] = ((dim, "bnds"), layout.bounds[dim] * scale)
         out[f"{dim}_bnds"].encoding["_FillValue"] = None
         if was_coord:
             out = out.set_coords(f"{dim}_bnds")
@@ -178,6 +180,18 @@ def restore(ds: xr.Dataset, record: FieldConventions | None = None) -> xr.Datase
     if record.grid_mapping is not None and record.grid_mapping[0] not in out.variables:
         out[record.grid_mapping[0]] = ((), np.int32(0), dict(record.grid_mapping[1]))
     return out.rename({k: v for k, v in renames.items() if k != v})
+
+
+def _from_metres(normalised: object, file_units: object) -> float:
+    """The factor from a normalised axis in metres to the file's length unit; else 1."""
+    if normalised != "m" or file_units in (None, "m"):
+        return 1.0
+    import cf_units
+
+    try:
+        return float(cf_units.Unit("m").convert(1.0, cf_units.Unit(str(file_units))))
+    except ValueError:  # not a length (degrees of a rotated grid): nothing to undo
+        return 1.0
 
 
 def _restore_time(out: xr.Dataset, record: FieldConventions) -> xr.Dataset:

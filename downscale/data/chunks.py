@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from downscale.aggregate import area_weighted_block_mean
 from downscale.data.source import FieldSource
 from downscale.grid import coarse_bounds
+from downscale.grid_geometry import geometry_from_json, mapping_json
 
 Chunk = dict[str, Any]
 
@@ -30,7 +31,8 @@ class TimeChunkDataset(Dataset[Chunk]):
 
     Each item holds ``coarse`` (``(T, h, w)`` float32, NaN = missing: the user's coarse
     file, or the conservative aggregate of the fine field's valid cells), the coarse
-    ``y_bnds``/``x_bnds`` (``(h, 2)``, ``(w, 2)``), ``latlon``, ``tile_size`` (fine cells,
+    ``y_bnds``/``x_bnds`` (``(h, 2)``, ``(w, 2)``), ``latlon``, ``grid_mapping`` (JSON of the CF grid mapping, or
+    ``""``), ``tile_size`` (fine cells,
     0 for whole fields), ``row`` (the chunk's first row in the output), ``fine_valid``
     (``(H, W)``: the fine cells that carry data, e.g. no land in an SST grid) and, for a
     model trained with one, ``covariate`` (``(1, H, W)``).
@@ -71,7 +73,8 @@ class TimeChunkDataset(Dataset[Chunk]):
         item: Chunk = {"coarse": np.asarray(coarse, dtype=np.float32),
                        "y_bnds": coarse_bounds(ds[f"{ydim}_bnds"].values, f),
                        "x_bnds": coarse_bounds(ds[f"{xdim}_bnds"].values, f),
-                       "latlon": ydim == "lat", "tile_size": self.tile_size or 0, "row": row,
+                       "latlon": ydim == "lat", "grid_mapping": mapping_json(ds),
+                       "tile_size": self.tile_size or 0, "row": row,
                        "fine_valid": self.valid}
         if self.covariate is not None:
             item["covariate"] = self.covariate[None]
@@ -94,6 +97,7 @@ def downscale_chunk(model: torch.nn.Module, chunk: Chunk, factor: int) -> dict[s
                            array(chunk["x_bnds"]), factor,
                            tile_size=int(chunk["tile_size"]) or None,
                            latlon=bool(chunk["latlon"]),
+                           geometry=geometry_from_json(str(chunk.get("grid_mapping", ""))),
                            covariate=None if covariate is None else array(covariate),
                            fine_valid=array(chunk["fine_valid"]).astype(bool))
     return {"prediction": fine, "row": int(chunk["row"])}

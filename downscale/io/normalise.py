@@ -22,13 +22,16 @@ from downscale.conventions import record_field, with_conventions
 from downscale.coordinate_units import LAT_UNITS, LON_UNITS
 from downscale.errors import InputError
 from downscale.grid import bounds_from_centres
+from downscale.grid_geometry import (GRID_MAPPING_COORD, GridGeometry, GridKind,
+                                     geometry_from_mapping, mapping_coord)
 from downscale.io.paths import PathLike
 from downscale.validate import coordinate_scale, mask_outside_valid_range
 
 _LAT_NAMES = ("lat", "latitude", "nav_lat", "y_lat")
 _LON_NAMES = ("lon", "longitude", "nav_lon", "x_lon")
 _ROTATED_NAMES = ("rlat", "rlon", "grid_latitude", "grid_longitude")
-_ROTATED_HINT = "regrid to a regular latitude-longitude grid first (e.g. cdo remapcon)"
+_ROTATED_HINT = ("add the CF grid mapping variable (grid_mapping_name = "
+                 "rotated_latitude_longitude) and name it in the variable's grid_mapping")
 _INDEX = "__downscale_index_{}"
 
 Fail = Callable[[str, str], InputError]
@@ -37,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
                     bounds: Mapping[str, ArrayLike] | None = None,
-                    keep_conventions: bool = False) -> xr.Dataset:
+                    keep_conventions: bool = False,
+                    grid_mapping: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Bring a field onto the package's conventions (see module docstring).
 
     Args:
@@ -64,7 +68,11 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
     def fail(problem: str, hint: str) -> InputError:
         return InputError(problem, path=path, variable=name, hint=hint)
 
-    ydim, xdim, latlon = _find_horizontal_dims(da, fail)
+    if grid_mapping is None and GRID_MAPPING_COORD in da.coords:
+        grid_mapping = dict(da[GRID_MAPPING_COORD].attrs)
+    geometry = None if grid_mapping is None else _geometry(grid_mapping, fail)
+    ydim, xdim, latlon = _find_horizontal_dims(da, fail, geometry)
+    angular = latlon or (geometry is not None and geometry.kind is GridKind.ROTATED)
     tdim = _find_time_dim(da, (ydim, xdim), fail)
     new_y, new_x = ("lat", "lon") if latlon else ("y", "x")
     labels = {new_y: ydim, new_x: xdim, "time": tdim or "time"}
@@ -72,7 +80,7 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
              new_x: bounds.get(xdim) if bounds else None}
     for old, new in ((ydim, new_y), (xdim, new_x)):
         if old in da.coords:
-            da, given[new] = _in_package_units(da, old, new, given[new], latlon, fail)
+            da, given[new] = _in_package_units(da, old, new, given[new], angular, fail)
     da = mask_outside_valid_range(da, path)
 
     extra = [d for d in map(str, da.dims) if d not in (ydim, xdim, tdim)]
@@ -107,6 +115,8 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
         positions={d: da[_INDEX.format(d)].values for d in (ydim, xdim)}, file_bounds=given)
     da = da.drop_vars([_INDEX.format(d) for d in (ydim, xdim)])
     ds = da.to_dataset().assign_coords(coords)
+    if geometry is not None:
+        ds = ds.assign_coords({GRID_MAPPING_COORD: mapping_coord(geometry.mapping)})
     if keep_conventions:
         with_conventions(ds, record)
     if added_time:
@@ -147,16 +157,44 @@ def _latlon_dims(da: xr.DataArray) -> tuple[str, str] | None:
     return (kinds["lat"], kinds["lon"]) if len(kinds) == 2 else None
 
 
-def _find_horizontal_dims(da: xr.DataArray, fail: Fail) -> tuple[str, str, bool]:
+def _geometry(attrs: Mapping[str, Any], fail: Fail) -> GridGeometry:
+    try:
+        return geometry_from_mapping(attrs)
+    except ValueError as exc:
+        raise fail(str(exc), "fix the grid mapping variable's attributes (CF section 5.6)"
+                   ) from exc
+
+
+def _mapped_dims(da: xr.DataArray, geometry: GridGeometry, fail: Fail) -> tuple[str, str]:
+    """The (y, x) dimensions of a rotated-pole or projected grid with a grid mapping."""
+    wanted = (("grid_latitude", "grid_longitude") if geometry.kind is GridKind.ROTATED
+              else ("projection_y_coordinate", "projection_x_coordinate"))
+    names = (("rlat", "rlon") if geometry.kind is GridKind.ROTATED else ("y", "x"))
+    found: dict[str, str] = {}
+    for d in map(str, da.dims):
+        standard = str(da[d].attrs.get("standard_name", "")) if d in da.coords else ""
+        for role, std, name in zip(("y", "x"), wanted, names, strict=True):
+            if standard == std or (not standard and d.lower() == name):
+                found.setdefault(role, d)
+    if len(found) < 2:
+        raise fail(f"grid mapping '{geometry.mapping.get('grid_mapping_name')}' but no "
+                   f"dimensions with standard_name {wanted[0]}/{wanted[1]} in "
+                   f"{tuple(map(str, da.dims))}", "add the standard_name attributes")
+    return found["y"], found["x"]
+
+
+def _find_horizontal_dims(da: xr.DataArray, fail: Fail, geometry: GridGeometry | None = None
+                          ) -> tuple[str, str, bool]:
     """The latitude/longitude (or y/x) dimension names of a variable, and which kind."""
+    if geometry is not None and geometry.mapped:
+        return (*_mapped_dims(da, geometry, fail), False)
     for c in map(str, list(da.coords) + list(da.dims)):
         standard = str(da[c].attrs.get("standard_name", "")) if c in da.coords else ""
         if c.lower() in _ROTATED_NAMES or standard in ("grid_latitude", "grid_longitude"):
-            raise fail(f"rotated-pole grids ('{c}' is a rotated coordinate) are not supported",
-                       _ROTATED_HINT)
+            raise fail(f"rotated coordinate '{c}' without a rotated_latitude_longitude "
+                       "grid mapping (the pole's position is unknown)", _ROTATED_HINT)
     if "rotated" in str(da.attrs.get("grid_mapping", "")).lower():
-        raise fail("rotated-pole grids (rotated_latitude_longitude) are not supported",
-                   _ROTATED_HINT)
+        raise fail("rotated-pole grid whose grid mapping variable is missing", _ROTATED_HINT)
     found = _latlon_dims(da)
     if found is not None:
         return found[0], found[1], True

@@ -12,6 +12,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -20,7 +21,6 @@ from numpy.typing import NDArray
 from downscale.conventions import add_file_metadata, conventions_of, join_in_time, with_conventions
 from downscale.errors import InputError
 from downscale.io.normalise import (
-    _ROTATED_HINT,
     Fail,
     _coord_kind,
     _latlon_dims,
@@ -113,12 +113,14 @@ def _normalise_opened(ds: xr.Dataset, path: Path, variable: str,
     def fail(problem: str, hint: str) -> InputError:
         return InputError(problem, path=path, variable=variable, hint=hint)
 
-    _check_grid_mapping(ds, da, fail)
-    _check_auxiliary_coords(ds, da, fail)
+    mapping = _grid_mapping(ds, da)
+    if mapping is None:
+        _check_auxiliary_coords(ds, da, fail)
     # Lazy Dask reads of one index of every leading dimension (a time step) at a time, so
     # memory is bounded by the chunks asked for below, whatever the file's layout.
     da = da.chunk({d: (1 if i < da.ndim - 2 else -1) for i, d in enumerate(da.dims)})
-    field = normalise_field(da, path=path, bounds=_file_bounds(ds, da), keep_conventions=True)
+    field = normalise_field(da, path=path, bounds=_file_bounds(ds, da), keep_conventions=True,
+                            grid_mapping=mapping)
     record = conventions_of(field)
     if record is not None:
         with_conventions(field, add_file_metadata(record, ds))
@@ -173,17 +175,22 @@ def _missing_variable(ds: xr.Dataset, variable: str) -> str:
     return f"{problem}; data variables: {', '.join(sorted(fields)) or 'none'}"
 
 
-def _check_grid_mapping(ds: xr.Dataset, da: xr.DataArray, fail: Fail) -> None:
-    """Reject rotated-pole grids declared through the CF ``grid_mapping`` attribute."""
-    mapping = str(da.attrs.get("grid_mapping", da.encoding.get("grid_mapping", "")))
-    # Extended form "crs_a: x y crs_b: lat lon" names the mappings before the colons.
-    names = [t.rstrip(":") for t in mapping.split() if t.endswith(":")] or mapping.split()
-    for name in names:
-        attrs = ds[name].attrs if name in ds.variables else {}
-        if "rotated" in name.lower() or attrs.get("grid_mapping_name") in (
-                "rotated_latitude_longitude", "rotated_pole"):
-            raise fail("rotated-pole grids (rotated_latitude_longitude) are not supported",
-                       _ROTATED_HINT)
+def _grid_mapping(ds: xr.Dataset, da: xr.DataArray) -> dict[str, Any] | None:
+    """The attributes of the variable's CF grid mapping variable, or None.
+
+    Only a mapping of the variable's own horizontal axes counts: in the extended form
+    ``"crs_a: x y crs_b: lat lon"`` the first one (CF 5.6 lists the grid's own first).
+    A mapping that names a latitude-longitude CRS (``latitude_longitude``) changes
+    nothing and is ignored.
+    """
+    text = str(da.attrs.get("grid_mapping", da.encoding.get("grid_mapping", "")))
+    names = [t.rstrip(":") for t in text.split() if t.endswith(":")] or text.split()
+    if not names:
+        return None
+    if names[0] not in ds.variables:  # a dangling name: normalisation says what is missing
+        return None
+    attrs = dict(ds[names[0]].attrs)
+    return None if attrs.get("grid_mapping_name") in (None, "latitude_longitude") else attrs
 
 
 def _check_auxiliary_coords(ds: xr.Dataset, da: xr.DataArray, fail: Fail) -> None:
