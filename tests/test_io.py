@@ -308,7 +308,7 @@ def _curvilinear(attached: bool) -> Case:
 
 def _rotated(by: str) -> Case:
     def case(tmp: Path, nc: NcFactory) -> tuple[Any, str, Path]:
-        names = ("rlat", "rlon") if by == "coords" else ("lat", "lon")
+        names = ("rlat", "rlon") if by == "unmapped" else ("lat", "lon")
         ds = xr.Dataset(
             {"tas": (("time", *names), np.ones((1, 3, 4)), {"units": "K",
                                                            "grid_mapping": "rotated_pole"}),
@@ -317,9 +317,11 @@ def _rotated(by: str) -> Case:
                                       "grid_north_pole_longitude": -162.0})},
             coords={"time": [0.0], names[0]: (names[0], [0.0, 1.0, 2.0],
                                               {"standard_name": "grid_latitude"}
-                                              if by == "coords" else {}),
+                                              if by == "unmapped" else {}),
                     names[1]: (names[1], [0.0, 1.0, 2.0, 3.0],
-                               {"standard_name": "grid_longitude"} if by == "coords" else {})})
+                               {"standard_name": "grid_longitude"} if by == "unmapped" else {})})
+        if by == "unmapped":
+            ds = ds.drop_vars("rotated_pole")
         path = tmp / f"rotated_{by}.nc"
         ds.to_netcdf(path)
         return path, "tas", path
@@ -365,8 +367,10 @@ BAD_INPUTS: dict[str, tuple[Case, str]] = {
     "single cell": (_one(lat=[10.0]), "fewer than two cells"),
     "curvilinear": (_curvilinear(attached=True), "curvilinear grids"),
     "curvilinear, unattached": (_curvilinear(attached=False), "curvilinear grids"),
-    "rotated pole coords": (_rotated("coords"), "rotated-pole grids"),
-    "rotated pole grid_mapping": (_rotated("grid_mapping"), "rotated-pole grids"),
+    # Rotated-pole grids with their grid mapping are read (tests/test_regional_grids.py);
+    # without one, or without rotated axes, they are refused.
+    "rotated pole coords without mapping": (_rotated("unmapped"), "without a rotated_latitude"),
+    "rotated pole grid_mapping": (_rotated("grid_mapping"), "no dimensions with standard_name"),
     "extra dimension": (_one(extra_dims={"plev": 3}), "extra dimension 'plev' of size 3"),
     "unknown dimensions": (lambda tmp, nc: _unknown_dims(tmp), "no latitude/longitude"),
     "mixed calendars": (_two({"calendar": "noleap"}, {"calendar": "360_day"}),

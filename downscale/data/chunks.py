@@ -31,8 +31,8 @@ class TimeChunkDataset(Dataset[Chunk]):
 
     Each item holds ``coarse`` (``(T, h, w)`` float32, NaN = missing: the user's coarse
     file, or the conservative aggregate of the fine field's valid cells), the coarse
-    ``y_bnds``/``x_bnds`` (``(h, 2)``, ``(w, 2)``), ``latlon``, ``grid_mapping`` (JSON of the CF grid mapping, or
-    ``""``), ``tile_size`` (fine cells,
+    ``y_bnds``/``x_bnds`` (``(h, 2)``, ``(w, 2)``), ``latlon``, ``grid_mapping`` (JSON
+    of the CF grid mapping, or ``""``), ``tile_size`` (fine cells,
     0 for whole fields), ``row`` (the chunk's first row in the output), ``fine_valid``
     (``(H, W)``: the fine cells that carry data, e.g. no land in an SST grid) and, for a
     model trained with one, ``covariate`` (``(1, H, W)``).

@@ -22,8 +22,13 @@ from downscale.conventions import record_field, with_conventions
 from downscale.coordinate_units import LAT_UNITS, LON_UNITS
 from downscale.errors import InputError
 from downscale.grid import bounds_from_centres
-from downscale.grid_geometry import (GRID_MAPPING_COORD, GridGeometry, GridKind,
-                                     geometry_from_mapping, mapping_coord)
+from downscale.grid_geometry import (
+    GRID_MAPPING_COORD,
+    GridGeometry,
+    GridKind,
+    geometry_from_mapping,
+    mapping_coord,
+)
 from downscale.io.paths import PathLike
 from downscale.validate import coordinate_scale, mask_outside_valid_range
 
@@ -54,6 +59,11 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
             attributes) for outputs to return to
             (:func:`downscale.conventions.conventions_of`); for fields read from a user's
             file, not for arrays the package arranged itself.
+        grid_mapping: The attributes of the variable's CF grid mapping (default: those of
+            ``da``'s :data:`~downscale.grid_geometry.GRID_MAPPING_COORD` coordinate, if
+            any). Rotated-pole and projected grids with one get dims ``(time, y, x)``
+            (rotated degrees or metres) and keep it as that coordinate, for their true
+            cell areas (:mod:`downscale.grid_geometry`).
 
     Returns:
         A Dataset with the variable, dims ``(time, lat, lon)`` or ``(time, y, x)``, and
