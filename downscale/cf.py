@@ -123,6 +123,8 @@ def _with_grid_mapping(ds: xr.Dataset, variable: str, record: FieldConventions |
     ds = ds.drop_vars(GRID_MAPPING_COORD).assign(extra).set_coords(["lat", "lon"])
     for name in extra:
         ds[name].encoding["_FillValue"] = None
+        if name.endswith("_bnds"):  # xarray would give bounds a "coordinates" attribute
+            ds[name].encoding["coordinates"] = None
     ds[variable].encoding["coordinates"] = "lat lon"
     if record is None or record.grid_mapping is None:
         ds["crs"] = ((), np.int32(0), dict(geometry.mapping))

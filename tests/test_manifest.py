@@ -14,7 +14,8 @@ from downscale import manifest as mf
 from downscale.errors import DownscaleError, ManifestError
 from downscale.manifest import DatasetEntry, load_manifest, resolve, sha256_file
 
-EXPECTED_IDS = {"hadisst_sst", "e1_north_america", "jacksboro_fault_dem", "topobathy"}
+EXPECTED_IDS = {"hadisst_sst", "e1_north_america", "jacksboro_fault_dem", "topobathy",
+                "rotated_pole_mslp", "toa_brightness_stereographic"}
 
 
 @pytest.fixture(autouse=True)

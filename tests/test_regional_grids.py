@@ -21,6 +21,7 @@ import xarray as xr
 from conftest import VARIABLE, assert_cf_compliant
 
 import downscale.batch.cli
+import downscale.check
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,17 +65,18 @@ def _block_means(fine: np.ndarray[Any, Any], area: np.ndarray[Any, Any]
                  ) -> np.ndarray[Any, Any]:
     t, h, w = fine.shape
     mass = (fine * area).reshape(t, h // FACTOR, FACTOR, w // FACTOR, FACTOR).sum((2, 4))
-    return mass / area.reshape(h // FACTOR, FACTOR, w // FACTOR, FACTOR).sum((1, 3))
+    return np.asarray(mass / area.reshape(h // FACTOR, FACTOR, w // FACTOR, FACTOR).sum((1, 3)))
 
 
-def _check_output(out: Path, tmp_path: Path, source: Path) -> xr.Dataset:
+def _check_output(out: Path, tmp_path: Path, source: Path, variable: str = VARIABLE
+                  ) -> xr.Dataset:
     cf_xarray = pytest.importorskip("cf_xarray")
     assert cf_xarray
     assert_cf_compliant(out, tmp_path, source=source)
     ds = xr.open_dataset(out).load()
-    assert ds[VARIABLE].attrs["grid_mapping"] == "crs"
-    assert list(ds.cf[[VARIABLE]].cf.grid_mapping_names) != []
-    assert ds.cf["latitude"].dims == ds[VARIABLE].dims[-2:]
+    assert ds[variable].attrs["grid_mapping"] in ds.variables
+    assert ds.cf.grid_mapping_names
+    assert ds.cf["latitude"].ndim == 2 and ds.cf["longitude"].ndim == 2
     assert ds["lat_bnds"].shape == (*ds["lat"].shape, 4)
     cdo = shutil.which("cdo")
     if cdo is not None:  # Debian package cdo; skipped without it
@@ -98,10 +100,11 @@ def test_rotated_pole_run_conserves_on_the_sphere(tmp_path: Path, checkpoint: Pa
     assert ds["crs"].attrs["grid_mapping_name"] == "rotated_latitude_longitude"
     yb, xb = np.deg2rad(ds["rlat_bnds"].values), np.deg2rad(ds["rlon_bnds"].values)
     # A rotation keeps areas: R^2 dlon (sin lat_n - sin lat_s) in rotated coordinates.
-    area = ROTATED["earth_radius"] ** 2 * np.outer(
+    area = float(ROTATED["earth_radius"]) ** 2 * np.outer(
         np.sin(yb[:, 1]) - np.sin(yb[:, 0]), xb[:, 1] - xb[:, 0])
     means = _block_means(ds[VARIABLE].values.astype(np.float64), area)
     np.testing.assert_allclose(means, values, rtol=2e-6)
+    downscale.check.main(["--coarse", str(source), "--fine", str(out), "--tolerance", "1e-6"])
     # The 2-D latitude/longitude of one cell: the rotation as PROJ's ob_tran spells it
     # (lon_0 = 180 + the pole's longitude), not through the CF attributes.
     rotation = pyproj.Transformer.from_crs(
@@ -147,8 +150,113 @@ def test_lambert_run_conserves_on_the_ellipsoid(tmp_path: Path, checkpoint: Path
     area = _geod_areas(ds["y_bnds"].values * 1e3, ds["x_bnds"].values * 1e3)
     means = _block_means(ds[VARIABLE].values.astype(np.float64), area)
     np.testing.assert_allclose(means, values, rtol=2e-6)
+    downscale.check.main(["--coarse", str(source), "--fine", str(out), "--tolerance", "1e-6"])
+    assert f"{VARIABLE} [K] factor 4: PASS" in capsys.readouterr().out
     planar = (step_km * 1e3 / FACTOR) ** 2
     with capsys.disabled():
         print(f"\nLambert test grid: dx*dy areas off by up to "
               f"{np.max(np.abs(planar / area - 1)):.2%} (true areas {area.min():.4g} to "
               f"{area.max():.4g} m2)")
+
+
+# -- the geometry on its own -------------------------------------------------------------
+PROJECTIONS = {
+    "lambert_conformal_conic": LAMBERT,
+    "polar_stereographic": {"grid_mapping_name": "polar_stereographic",
+                            "straight_vertical_longitude_from_pole": -45.0,
+                            "latitude_of_projection_origin": 90.0,
+                            "standard_parallel": 70.0, "false_easting": 0.0,
+                            "false_northing": 0.0, "semi_major_axis": 6378137.0,
+                            "inverse_flattening": 298.257223563},
+    "transverse_mercator": {"grid_mapping_name": "transverse_mercator",
+                            "longitude_of_central_meridian": 9.0,
+                            "latitude_of_projection_origin": 0.0,
+                            "scale_factor_at_central_meridian": 0.9996,
+                            "false_easting": 500000.0, "false_northing": 0.0,
+                            "semi_major_axis": 6378137.0, "inverse_flattening": 298.257223563},
+    "albers_conical_equal_area": {"grid_mapping_name": "albers_conical_equal_area",
+                                  "standard_parallel": [29.5, 45.5],
+                                  "longitude_of_central_meridian": -96.0,
+                                  "latitude_of_projection_origin": 23.0,
+                                  "false_easting": 0.0, "false_northing": 0.0,
+                                  "semi_major_axis": 6378137.0,
+                                  "inverse_flattening": 298.257223563},
+}
+#: Grid origins (m) that put each test grid over land it is made for.
+ORIGINS = {"lambert_conformal_conic": (-500e3, -500e3), "polar_stereographic": (-2e6, -1e6),
+           "transverse_mercator": (300e3, 5.3e6), "albers_conical_equal_area": (-1e6, 1e6)}
+
+
+@pytest.mark.parametrize("name", sorted(PROJECTIONS))
+def test_projected_areas_match_geodesic_polygons(name: str) -> None:
+    from downscale.grid_geometry import geometry_from_mapping
+
+    mapping = PROJECTIONS[name]
+    y0, x0 = ORIGINS[name]
+    edges_y, edges_x = y0 + 100e3 * np.arange(4), x0 + 100e3 * np.arange(5)
+    yb = np.stack([edges_y[:-1], edges_y[1:]], axis=1)
+    xb = np.stack([edges_x[:-1], edges_x[1:]], axis=1)
+    areas = geometry_from_mapping(mapping).cell_areas(yb, xb)
+    crs = pyproj.CRS.from_cf(mapping)
+    to_geo = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+    geod = pyproj.Geod(ellps="WGS84")
+    s = np.linspace(0.0, 1.0, 400, endpoint=False)
+    for i, (ya, yz) in enumerate(yb):
+        for j, (xa, xz) in enumerate(xb):
+            px = np.concatenate([xa + (xz - xa) * s, np.full(s.size, xz),
+                                 xz - (xz - xa) * s, np.full(s.size, xa)])
+            py = np.concatenate([np.full(s.size, ya), ya + (yz - ya) * s,
+                                 np.full(s.size, yz), yz - (yz - ya) * s])
+            lon, lat = to_geo.transform(px, py)
+            expected = abs(geod.polygon_area_perimeter(lon, lat)[0])
+            assert areas[i, j] == pytest.approx(expected, rel=1e-8), (name, i, j)
+    if name == "albers_conical_equal_area":  # an equal-area map: dx * dy is right there
+        np.testing.assert_allclose(areas, 1e10, rtol=1e-8)
+
+
+def test_planar_grid_without_mapping_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    import downscale.grid_geometry as gg
+
+    gg._warned_planar = False
+    bounds = np.array([[0.0, 1000.0], [1000.0, 2000.0]])
+    with caplog.at_level("WARNING", logger="downscale.grid_geometry"):
+        first = gg.PLANAR.cell_areas(bounds, bounds)
+        gg.PLANAR.cell_areas(bounds, bounds)
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "planar dx*dy" in caplog.records[0].message
+    np.testing.assert_array_equal(first, 1e6)
+
+
+# -- the real samples of iris-sample-data ----------------------------------------------
+@pytest.mark.parametrize(("dataset", "variable"), [
+    ("rotated_pole_mslp", "air_pressure_at_sea_level"),
+    ("toa_brightness_stereographic", "data")])
+def test_real_regional_sample_keeps_its_grid_mapping(dataset: str, variable: str,
+                                                     tmp_path: Path) -> None:
+    """Open a real file, put a fine field on its nested grid, write it: CF, CDO, cf-xarray."""
+    from downscale.batch.plan import fine_template
+    from downscale.cf import downscaled_dataset
+    from downscale.grid import cell_areas
+    from downscale.io import open_field
+    from downscale.manifest import resolve
+
+    path = resolve(dataset)
+    coarse = open_field(path, variable).load()
+    area = cell_areas(coarse).values
+    with xr.open_dataset(path) as raw:
+        mapping = dict(raw[raw[variable].attrs["grid_mapping"]].attrs)
+    if dataset == "rotated_pole_mslp":  # the exact spherical formula on rotated bounds
+        yb, xb = np.deg2rad(coarse["y_bnds"].values), np.deg2rad(coarse["x_bnds"].values)
+        expected = mapping["semi_major_axis"] ** 2 * np.outer(
+            np.sin(yb[:, 1]) - np.sin(yb[:, 0]), xb[:, 1] - xb[:, 0])
+        np.testing.assert_allclose(area, expected, rtol=1e-12)
+    else:  # a stereographic map shrinks cells away from its pole: not dx * dy
+        assert np.ptp(area) / area.mean() > 0.3
+    fine_grid = fine_template(coarse, 2, 0, 1)
+    fine = np.repeat(np.repeat(coarse[variable].values, 2, axis=1), 2, axis=2)
+    out = downscaled_dataset(fine, fine_grid, variable, dict(coarse[variable].attrs),
+                             factor=2, checkpoint="none")
+    target = tmp_path / f"{dataset}_fine.nc"
+    out.to_netcdf(target)
+    ds = _check_output(target, tmp_path, path, variable)
+    assert np.isfinite(ds["lat"].values).all() and np.isfinite(ds["lon_bnds"].values).all()
