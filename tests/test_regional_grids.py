@@ -260,3 +260,31 @@ def test_real_regional_sample_keeps_its_grid_mapping(dataset: str, variable: str
     out.to_netcdf(target)
     ds = _check_output(target, tmp_path, path, variable)
     assert np.isfinite(ds["lat"].values).all() and np.isfinite(ds["lon_bnds"].values).all()
+
+
+def test_training_and_predict_chunks_use_true_areas(tmp_path: Path, checkpoint: Path,
+                                                    coarse_nc: Path) -> None:
+    """A fine Lambert field as training/predict read it: true fine areas and a predict chunk
+    (:mod:`downscale.data.chunks`) that conserves with them."""
+    from downscale.checkpoint import file_sha256, load_model
+    from downscale.data.chunks import TimeChunkDataset, downscale_chunk
+    from downscale.data.source import FieldSource
+
+    values, time, attrs = _coarse(coarse_nc)
+    fine_values = np.repeat(np.repeat(values, FACTOR, axis=1), FACTOR, axis=2)
+    _, h, w = fine_values.shape
+    step = 50e3
+    y, x = step * (np.arange(h) - h / 2 + 0.5), step * (np.arange(w) - w / 2 + 0.5)
+    path = _write(tmp_path / "lambert_fine_input.nc", fine_values, time, attrs, y, x, {
+        "y": ("y", {"standard_name": "projection_y_coordinate", "units": "m"}),
+        "x": ("x", {"standard_name": "projection_x_coordinate", "units": "m"})}, LAMBERT)
+    source = FieldSource(str(path), VARIABLE, FACTOR)
+    ds = source.dataset
+    area = _geod_areas(ds["y_bnds"].values, ds["x_bnds"].values)
+    np.testing.assert_allclose(source.fine_area, area, rtol=1e-8)
+    chunks = TimeChunkDataset(source, range(4), 4, np.ones((h, w), dtype=bool))
+    item = chunks[0]
+    assert "lambert_conformal_conic" in item["grid_mapping"]
+    model = load_model(str(checkpoint), file_sha256(checkpoint))
+    fine = downscale_chunk(model, item, FACTOR)["prediction"].astype(np.float64)
+    np.testing.assert_allclose(_block_means(fine, area), item["coarse"], rtol=2e-6)
