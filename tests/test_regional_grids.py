@@ -54,8 +54,8 @@ def _write(path: Path, values: np.ndarray[Any, Any], time: xr.DataArray, attrs: 
     return path
 
 
-def _run(tmp_path: Path, checkpoint: Path, source: Path) -> Path:
-    out = tmp_path / f"{source.stem}_fine.nc"
+def _run(tmp_path: Path, checkpoint: Path, source: Path, suffix: str = ".nc") -> Path:
+    out = tmp_path / f"{source.stem}_fine{suffix}"
     downscale.batch.cli.main(["--checkpoint", str(checkpoint), "--input", str(source),
                               "--output", str(out), "--workers", "0", "--time-chunk", "4"])
     return out
@@ -113,6 +113,9 @@ def test_rotated_pole_run_conserves_on_the_sphere(tmp_path: Path, checkpoint: Pa
         pyproj.CRS.from_proj4("+proj=longlat +R=6371229 +no_defs"), always_xy=True)
     lon, lat = rotation.transform(ds["rlon"].values[5], ds["rlat"].values[7])
     assert abs(ds["lat"].values[7, 5] - lat) < 1e-6 and abs(ds["lon"].values[7, 5] - lon) < 1e-6
+    with xr.open_zarr(_run(tmp_path, checkpoint, source, ".zarr")) as store:
+        assert store.cf.grid_mapping_names and store.cf["latitude"].ndim == 2
+        np.testing.assert_array_equal(store[VARIABLE].values, ds[VARIABLE].values)
 
 
 def _geod_areas(ybounds: np.ndarray[Any, Any], xbounds: np.ndarray[Any, Any]
