@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from downscale.errors import InputError
 from downscale.grid import coarse_bounds, horizontal_dims
+from downscale.grid_geometry import GRID_MAPPING_COORD
 
 log = logging.getLogger(__name__)
 
@@ -164,5 +165,7 @@ def coarsen_field(ds: xr.Dataset, variable: str, factor: tuple[int, int]) -> xr.
     for dim in fine.dims[:-2]:
         if dim in ds.coords:
             coords[str(dim)] = ds[dim]
+    if GRID_MAPPING_COORD in ds.coords:  # the coarse grid lies on the same map
+        coords[GRID_MAPPING_COORD] = ds[GRID_MAPPING_COORD]
     out = xr.Dataset({variable: (fine.dims, data, fine.attrs)}, coords=coords, attrs=ds.attrs)
     return out
