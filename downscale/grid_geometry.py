@@ -28,6 +28,7 @@ The normalised field carries its grid mapping as the scalar coordinate
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -107,8 +108,10 @@ class GridGeometry:
         if self.kind is GridKind.ROTATED:
             return cell_areas_latlon(y_bnds, x_bnds, radius=self._sphere_radius())
         if self.kind is GridKind.PROJECTED:
-            return self._projected_areas(np.asarray(y_bnds, np.float64),
-                                         np.asarray(x_bnds, np.float64))
+            yb, xb = np.asarray(y_bnds, np.float64), np.asarray(x_bnds, np.float64)
+            # Every time chunk of a run asks again for the same tiles: measured once.
+            return _projected_areas(json.dumps(dict(self.mapping), sort_keys=True),
+                                    yb.tobytes(), xb.tobytes()).copy()
         _warn_planar()
         return cell_areas_projected(y_bnds, x_bnds)
 
@@ -265,6 +268,16 @@ def geographic_coords(grid: xr.Dataset) -> dict[str, xr.DataArray]:
             "standard_name": standard, "units": units, "bounds": f"{name}_bnds"})
         out[f"{name}_bnds"] = xr.DataArray(corners, dims=("y", "x", "nv"))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _projected_areas(mapping: str, y_bnds: bytes, x_bnds: bytes) -> FloatArray:
+    """:meth:`GridGeometry._projected_areas` of bounds given as float64 bytes (cached)."""
+    geometry = GridGeometry(GridKind.PROJECTED, json.loads(mapping))
+    area = geometry._projected_areas(np.frombuffer(y_bnds).reshape(-1, 2),
+                                     np.frombuffer(x_bnds).reshape(-1, 2))
+    area.setflags(write=False)
+    return area
 
 
 def _shoelace(x: FloatArray, y: FloatArray) -> FloatArray:
