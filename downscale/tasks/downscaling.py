@@ -24,7 +24,7 @@ from downscale.nn.mitigations import (
     transposed_kernels,
 )
 from downscale.nn.models import ClimateDownscaler
-from downscale.tasks.base import BaseTask, batch_figures
+from downscale.tasks.base import BaseTask
 
 
 def evaluation_metrics(factor: int) -> dict[str, Metric]:
@@ -43,11 +43,6 @@ def evaluation_metrics(factor: int) -> dict[str, Metric]:
     for method in UpsamplingMethod:
         metrics[f"rmse_{method.value}"] = BaselineRMSE(factor, method)
     return metrics
-
-
-def batch_evaluation(batch: dict[str, Tensor], pred: Tensor, factor: int) -> dict[str, float]:
-    """The figures of :func:`evaluation_metrics` of one batch (whole fields or tiles)."""
-    return batch_figures(evaluation_metrics(factor), **BaseTask.metric_inputs(pred, batch))
 
 
 def _unconfigured_modules(**modules: object) -> list[str]:
