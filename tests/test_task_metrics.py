@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
-from typing import Any
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -122,8 +123,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank_figures(rank: int, port: int, batches: list[dict[str, Tensor]],
-                  out: Any) -> None:
+def _rank_figures(rank: int, port: int, batches: list[dict[str, Tensor]], out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
@@ -131,17 +131,20 @@ def _rank_figures(rank: int, port: int, batches: list[dict[str, Tensor]],
         for batch in batches[rank::2]:  # as a DistributedSampler shards them
             rmse_metric.update(batch["pred"], batch["fine"])
             conservation.update(batch["pred"], batch["coarse"], batch["fine_area"])
-        out[rank] = {"rmse": float(rmse_metric.compute()),
-                     **{k: float(v) for k, v in conservation.compute().items()}}
+        figures = {"rmse": float(rmse_metric.compute()),
+                   **{k: float(v) for k, v in conservation.compute().items()}}
+        (out / f"rank{rank}.json").write_text(json.dumps(figures))
     finally:
         dist.destroy_process_group()
 
 
-def test_epoch_metrics_reduce_across_two_processes() -> None:
+def test_epoch_metrics_reduce_across_two_processes(tmp_path: Path) -> None:
     batches = [_batch(3, noise=0.1, seed=0), _batch(1, error=5.0, noise=2.0, seed=1),
                _batch(2, noise=0.5, seed=2)]
-    out = mp.Manager().dict()
-    mp.spawn(_rank_figures, args=(_free_port(), batches, out), nprocs=2, join=True)
+    # Forked, not spawned: a spawned process would import the package again (~20 s each).
+    mp.start_processes(_rank_figures, args=(_free_port(), batches, tmp_path), nprocs=2,
+                       join=True, start_method="fork")
+    out = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     pred, truth = _concatenated(batches, "pred"), _concatenated(batches, "fine")
     area = batches[0]["fine_area"][0, 0].numpy()
     whole = conservation_error(pred, _concatenated(batches, "coarse"), area, FACTOR)
