@@ -61,7 +61,13 @@ from typing import Any
 
 from downscale import __version__
 from downscale.batch.execute import Hooks, Runner, run_outputs
-from downscale.batch.inputs import check_covariate, default_variable, open_inputs
+from downscale.batch.inputs import (
+    check_covariate,
+    default_variable,
+    input_units,
+    open_inputs,
+    run_attrs,
+)
 from downscale.batch.plan import (
     AUTO_CHUNK_BYTES,
     FORMATS,
@@ -74,6 +80,8 @@ from downscale.batch.record import RunRecord
 from downscale.checkpoint import CheckpointInfo, check_trained_for, read_checkpoint
 from downscale.errors import CheckpointError, InputError
 from downscale.helptext import plain
+from downscale.matching import standard_names_in
+from downscale.spacing import check_spacing
 from downscale.validate import check_coverage
 from downscale.writers import resumable_names
 
@@ -238,9 +246,13 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     _check_options(args)
     ckpt = read_checkpoint(args.checkpoint)
     variable = args.variable or default_variable(ckpt, str(args.input[0]))
-    check_trained_for(ckpt.contents, ckpt.path, variable=variable, terrain=ckpt.is_terrain)
+    check_trained_for(ckpt.contents, ckpt.path, variable=variable, terrain=ckpt.is_terrain,
+                      standard_name=standard_names_in(str(args.input[0])).get(variable))
     inputs = [str(p) for p in args.input]
     fields = open_inputs(inputs, variable, ckpt)
+    units = input_units(inputs, fields, variable, ckpt)
+    check_spacing(ckpt.contents["downscale_data"], fields[0], where=ckpt.path, path=inputs[0],
+                  terrain=ckpt.is_terrain)
     for path, field in zip(inputs, fields, strict=True):
         check_coverage(field[variable], path=path, strict=args.strict)
     covariate = check_covariate(args.covariate, args.covariate_variable, ckpt, fields[0])
@@ -255,10 +267,12 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
               history=(f"downscale {__version__} run --checkpoint {ckpt.path} --variable "
                        f"{variable} --input {' '.join(inputs)}"),
               task=ckpt.task, covariate=covariate, covariate_variable=args.covariate_variable,
+              units=None if units is None or units.is_identity else units,
               attrs={"downscale_checkpoint_sha256": ckpt.sha256,
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,
-                     "downscale_command": "run"})
+                     "downscale_command": "run",
+                     **run_attrs(units)})
     with _terminate_cleanly(), RunRecord(directory) as record:
         resumable = set().union(*(resumable_names(p.path, p.tag(job.time_chunk))
                                   for p in plans))
