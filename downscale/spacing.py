@@ -116,7 +116,7 @@ def recorded_spacing(trained: dict[str, Any]) -> GridSpacing | None:
 
 
 def check_spacing(trained: dict[str, Any], field: xr.Dataset, *, where: str, path: str,
-                  terrain: bool = False) -> None:
+                  terrain: bool = False, refuse: bool = True) -> str | None:
     """Refuse an input whose coarse spacing is not the one the checkpoint learned.
 
     Args:
@@ -125,6 +125,11 @@ def check_spacing(trained: dict[str, Any], field: xr.Dataset, *, where: str, pat
         where: The checkpoint's path, for the message.
         path: The input file, for the message.
         terrain: A terrain generator (its DEM spacing in the message).
+        refuse: Refuse another spacing; False (``--any-spacing``): log it and go on.
+
+    Returns:
+        None where the spacings agree (or the checkpoint records none); else, when not
+        refused, a line for the output's attributes saying both spacings.
 
     Raises:
         CheckpointError: One line with both spacings and what to do.
@@ -133,12 +138,17 @@ def check_spacing(trained: dict[str, Any], field: xr.Dataset, *, where: str, pat
     if model is None:
         log.warning("%s does not record the coarse spacing it was trained at (saved by an "
                     "older version): the spacing of %s is not checked.", where, path)
-        return
+        return None
     given = coarse_spacing(field)
     if model.matches(given):
-        return
+        return None
     what = "coarse DEMs" if terrain else "coarse cells"
-    raise CheckpointError(f"{where}: trained on {what} of {model.describe()}, but {path} has "
-                          f"cells of {given.describe()}. Give an input at the model's "
-                          "spacing, or pass --regrid conservative to remap it onto that "
-                          "spacing first.")
+    if refuse:
+        raise CheckpointError(f"{where}: trained on {what} of {model.describe()}, but {path} "
+                              f"has cells of {given.describe()}. Give an input at the "
+                              "model's spacing, pass --regrid conservative to remap it onto "
+                              "that spacing first, or --any-spacing to apply it anyway.")
+    note = (f"applied at {given.describe()}, though trained on {what} of "
+            f"{model.describe()} (--any-spacing)")
+    log.info("%s: %s.", path, note)  # asked for: said, and recorded in the output
+    return note

@@ -110,7 +110,15 @@ def parser() -> argparse.ArgumentParser:
                    "the outputs (default netcdf; zarr names them *.zarr)")
     p.add_argument("--time-block", type=_positive, help="with --output-dir: time steps per "
                    "output (the inputs joined in time)")
-    p.add_argument("--variable", help="the input variable (default: the checkpoint's)")
+    p.add_argument("--variable", help="the input variable (default: the one with the "
+                   "checkpoint's standard_name, else the checkpoint's variable name)")
+    spacing = p.add_mutually_exclusive_group()
+    spacing.add_argument("--regrid", choices=("conservative",), help="inputs at another "
+                         "coarse spacing than the model's: remap them conservatively onto "
+                         "a grid of the model's spacing first (default: refuse them)")
+    spacing.add_argument("--any-spacing", action="store_true", help="apply the model at the "
+                         "input's own spacing even where it differs from the one it was "
+                         "trained at (the output records it)")
     p.add_argument("--covariate", help="static covariate on the fine grid (e.g. generated "
                    "terrain), for a checkpoint trained with one")
     p.add_argument("--covariate-variable", help="the covariate's variable (default: the "
@@ -251,8 +259,9 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     inputs = [str(p) for p in args.input]
     fields = open_inputs(inputs, variable, ckpt)
     units = input_units(inputs, fields, variable, ckpt)
-    check_spacing(ckpt.contents["downscale_data"], fields[0], where=ckpt.path, path=inputs[0],
-                  terrain=ckpt.is_terrain)
+    spacing_note = check_spacing(ckpt.contents["downscale_data"], fields[0], where=ckpt.path,
+                                 path=inputs[0], terrain=ckpt.is_terrain,
+                                 refuse=not args.any_spacing)
     for path, field in zip(inputs, fields, strict=True):
         check_coverage(field[variable], path=path, strict=args.strict)
     covariate = check_covariate(args.covariate, args.covariate_variable, ckpt, fields[0])
@@ -272,7 +281,7 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,
                      "downscale_command": "run",
-                     **run_attrs(units)})
+                     **run_attrs(units, spacing_note)})
     with _terminate_cleanly(), RunRecord(directory) as record:
         resumable = set().union(*(resumable_names(p.path, p.tag(job.time_chunk))
                                   for p in plans))

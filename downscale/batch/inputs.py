@@ -131,11 +131,21 @@ def input_units(paths: Sequence[str], fields: Sequence[xr.Dataset], variable: st
     return conversion
 
 
-def run_attrs(units: UnitConversion | None) -> dict[str, str]:
-    """Global attributes saying what was done to the inputs before the model saw them."""
-    if units is None or units.is_identity:
-        return {}
-    return {"downscale_units_conversion": units.describe()}
+def run_attrs(units: UnitConversion | None, spacing_note: str | None = None
+              ) -> dict[str, str]:
+    """Global attributes saying what was done to the inputs before the model saw them.
+
+    Args:
+        units: The units conversion (``downscale_units_conversion``), if any.
+        spacing_note: Where the model ran at another spacing than it learned
+            (``downscale_spacing``), from :func:`downscale.spacing.check_spacing`.
+    """
+    attrs = {}
+    if units is not None and not units.is_identity:
+        attrs["downscale_units_conversion"] = units.describe()
+    if spacing_note:
+        attrs["downscale_spacing"] = spacing_note
+    return attrs
 
 
 @functools.lru_cache(maxsize=2)
