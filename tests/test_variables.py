@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 from conftest import VARIABLE, make_latlon_nc
 
-from downscale.aggregate import coarsen_field
+from downscale.aggregate import area_weighted_block_mean, coarsen_field
 from downscale.checkpoint import check_trained_for
 from downscale.errors import CheckpointError
 from downscale.grid import cell_areas
@@ -192,3 +192,35 @@ def test_a_one_degree_file_is_refused_unless_any_spacing(
          "--any-spacing")
     with xr.open_dataset(tmp_path / "x.nc") as ds:
         assert "1 x 1 degrees" in ds.attrs["downscale_spacing"]
+
+
+def test_regrid_conservative_remaps_onto_the_model_spacing_and_conserves_against_it(
+        checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("xarray_regrid")
+    rng = np.random.default_rng(0)
+    path = make_latlon_nc(tmp_path / "half.nc", lat=np.arange(40) * 0.5 + 40.25,
+                          lon=np.arange(60) * 0.5 + 10.25, nt=2, variable=VARIABLE,
+                          data=250.0 + 50.0 * rng.random((2, 40, 60)))
+    out = tmp_path / "out" / "fine.nc"
+    out.parent.mkdir()
+    _run("--checkpoint", checkpoint, "--input", path, "--output", out, "--regrid",
+         "conservative")
+    (remapped,) = (tmp_path / "out" / ".downscale_regrid").glob("*/half.nc")
+    source = open_field(path, VARIABLE)
+    with xr.open_dataset(remapped) as coarse, xr.open_dataset(out) as fine:
+        # The remap is xarray-regrid's; here it is an exact area-weighted mean (the 0.5
+        # degree cells nest in the 5 x 7.5 degree ones).
+        assert coarse[VARIABLE].shape == (2, 4, 4)
+        expected, _ = area_weighted_block_mean(source[VARIABLE].values.astype(np.float64),
+                                               cell_areas(source).values, (10, 15))
+        np.testing.assert_allclose(coarse[VARIABLE].values, expected, rtol=1e-6)
+        err = conservation_error(fine[VARIABLE].values.astype(np.float64),
+                                 coarse[VARIABLE].values, cell_areas(fine).values, 4)
+        assert fine[VARIABLE].shape == (2, 16, 16) and err.max_rel < 1e-6
+        assert str(remapped) in fine.attrs["downscale_regrid"]
+        assert "--regrid conservative" in fine.attrs["history"]
+    # A rerun finds the remapped input unchanged, and the output complete.
+    before = out.stat().st_mtime_ns
+    _run("--checkpoint", checkpoint, "--input", path, "--output", out, "--regrid",
+         "conservative")
+    assert out.stat().st_mtime_ns == before

@@ -57,6 +57,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from downscale import __version__
@@ -225,6 +226,11 @@ def _terminate_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _output_folder(args: argparse.Namespace) -> Path:
+    """The folder the outputs go to (``--output``'s, or ``--output-dir``)."""
+    return Path(args.output).resolve().parent if args.output else Path(args.output_dir).resolve()
+
+
 def _check_options(args: argparse.Namespace) -> None:
     if args.time_block is not None and args.output_dir is None:
         raise InputError("--time-block needs --output-dir", hint="add --output-dir DIR")
@@ -259,6 +265,13 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     inputs = [str(p) for p in args.input]
     fields = open_inputs(inputs, variable, ckpt)
     units = input_units(inputs, fields, variable, ckpt)
+    regridded = None
+    if args.regrid:
+        from downscale.regrid import regrid_for_model
+
+        inputs, regridded = regrid_for_model(ckpt.contents["downscale_data"], ckpt.path,
+                                             inputs, fields, variable, _output_folder(args))
+        fields = open_inputs(inputs, variable, ckpt) if regridded else fields
     spacing_note = check_spacing(ckpt.contents["downscale_data"], fields[0], where=ckpt.path,
                                  path=inputs[0], terrain=ckpt.is_terrain,
                                  refuse=not args.any_spacing)
@@ -274,14 +287,15 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
               time_chunk=args.time_chunk or auto_time_chunk(fields[0], ckpt.factor),
               device=args.device,
               history=(f"downscale {__version__} run --checkpoint {ckpt.path} --variable "
-                       f"{variable} --input {' '.join(inputs)}"),
+                       f"{variable} --input {' '.join(map(str, args.input))}"
+                       + (f" --regrid {args.regrid}" if args.regrid else "")),
               task=ckpt.task, covariate=covariate, covariate_variable=args.covariate_variable,
               units=None if units is None or units.is_identity else units,
               attrs={"downscale_checkpoint_sha256": ckpt.sha256,
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,
                      "downscale_command": "run",
-                     **run_attrs(units, spacing_note)})
+                     **run_attrs(units, spacing_note, regridded)})
     with _terminate_cleanly(), RunRecord(directory) as record:
         resumable = set().union(*(resumable_names(p.path, p.tag(job.time_chunk))
                                   for p in plans))

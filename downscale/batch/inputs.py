@@ -131,20 +131,24 @@ def input_units(paths: Sequence[str], fields: Sequence[xr.Dataset], variable: st
     return conversion
 
 
-def run_attrs(units: UnitConversion | None, spacing_note: str | None = None
-              ) -> dict[str, str]:
+def run_attrs(units: UnitConversion | None, spacing_note: str | None = None,
+              regrid_note: str | None = None) -> dict[str, str]:
     """Global attributes saying what was done to the inputs before the model saw them.
 
     Args:
         units: The units conversion (``downscale_units_conversion``), if any.
         spacing_note: Where the model ran at another spacing than it learned
-            (``downscale_spacing``), from :func:`downscale.spacing.check_spacing`.
+            (``downscale_spacing``, :func:`downscale.spacing.check_spacing`).
+        regrid_note: Where it ran on inputs remapped onto its spacing
+            (``downscale_regrid``, :func:`downscale.regrid.regrid_for_model`).
     """
     attrs = {}
     if units is not None and not units.is_identity:
         attrs["downscale_units_conversion"] = units.describe()
     if spacing_note:
         attrs["downscale_spacing"] = spacing_note
+    if regrid_note:
+        attrs["downscale_regrid"] = regrid_note
     return attrs
 
 
