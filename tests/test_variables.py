@@ -144,28 +144,22 @@ def test_celsius_input_is_converted_and_the_output_is_in_celsius_and_conserves(
     assert err.max_abs < 1e-4  # degC; float32 output of values near 290 K
 
 
-def test_units_with_no_conversion_are_refused_in_one_line(
-        checkpoint: Path, coarse_nc: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    metres = _variant(coarse_nc, tmp_path / "metres.nc", lambda ds: ds.assign(
-        {VARIABLE: ds[VARIABLE].assign_attrs(units="m")}))
-    line = _error_line(capsys, "--checkpoint", checkpoint, "--input", metres, "--output",
+@pytest.mark.parametrize(("attrs", "fragments"), [
+    ({"units": "m"}, ("{path}: air_temperature is in m", "cannot be converted to K",
+                      "Convert the input to K")),
+    ({"standard_name": "sea_surface_temperature"}, (
+        "standard_name air_temperature", "standard_name sea_surface_temperature")),
+], ids=["units with no conversion", "another quantity of the same name"])
+def test_what_the_model_cannot_take_is_refused_in_one_line(
+        attrs: dict[str, str], fragments: tuple[str, ...], checkpoint: Path, coarse_nc: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _variant(coarse_nc, tmp_path / "other.nc", lambda ds: ds.assign(
+        {VARIABLE: ds[VARIABLE].assign_attrs(**attrs)}))
+    line = _error_line(capsys, "--checkpoint", checkpoint, "--input", path, "--output",
                        tmp_path / "x.nc")
-    for fragment in (str(checkpoint), f"{metres}: {VARIABLE} is in m", "cannot be converted "
-                     "to K", "Convert the input to K"):
-        assert fragment in line
+    for fragment in (str(checkpoint), *fragments):
+        assert fragment.format(path=path) in line
     assert not (tmp_path / "x.nc").exists()
-
-
-def test_another_quantity_with_the_same_name_is_refused_in_one_line(
-        checkpoint: Path, coarse_nc: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    sst = _variant(coarse_nc, tmp_path / "sst.nc", lambda ds: ds.assign(
-        {VARIABLE: ds[VARIABLE].assign_attrs(standard_name="sea_surface_temperature")}))
-    line = _error_line(capsys, "--checkpoint", checkpoint, "--input", sst, "--output",
-                       tmp_path / "x.nc")
-    assert "standard_name air_temperature" in line
-    assert "standard_name sea_surface_temperature" in line
 
 
 def test_an_input_at_another_spacing_is_refused_in_one_line(
@@ -224,3 +218,18 @@ def test_regrid_conservative_remaps_onto_the_model_spacing_and_conserves_against
     _run("--checkpoint", checkpoint, "--input", path, "--output", out, "--regrid",
          "conservative")
     assert out.stat().st_mtime_ns == before
+
+
+def test_predict_takes_ta_by_its_standard_name(checkpoint: Path, e1_path: Path,
+                                               tmp_path: Path) -> None:
+    from conftest import TINY
+
+    with xr.open_dataset(e1_path) as ds:
+        ds.isel(time=slice(0, 6)).rename({VARIABLE: "ta"}).to_netcdf(tmp_path / "ta.nc")
+    out = tmp_path / "ta_fine.nc"
+    cli_main(["predict", "--config", TINY, "--data.path", str(tmp_path / "ta.nc"),
+              "--data.variable", "ta", "--ckpt_path", str(checkpoint),
+              "--prediction_writer.output", str(out),
+              "--trainer.default_root_dir", str(tmp_path)])
+    with xr.open_dataset(out) as ds:
+        assert "ta" in ds and ds["ta"].attrs["standard_name"] == "air_temperature"

@@ -227,6 +227,7 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
         if datamodule is not None and hasattr(datamodule, "variable_attrs"):
             paths = ", ".join(getattr(getattr(datamodule, "source", None), "paths", []))
             checks.update(units=datamodule.variable_attrs.get("units"),
+                          standard_name=datamodule.variable_attrs.get("standard_name"),
                           data=paths or "the data")
         check_trained_for(checkpoint, where, **checks)
         self.data_info = checkpoint.get("downscale_data", {})
