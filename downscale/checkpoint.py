@@ -247,7 +247,9 @@ def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | N
                               f"factor {factor}. Use a checkpoint trained for factor {factor} "
                               f"or set --data.factor {saved_factor}.")
     if not terrain and trained.get("variable") and variable:
-        _check_quantity(trained, where, variable, standard_name)
+        from downscale.matching import check_quantity
+
+        check_quantity(trained, where, variable, standard_name)
     if units is NOT_GIVEN:
         return None
     if convert_units and (units or not trained.get("units")):
@@ -265,25 +267,6 @@ def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | N
                               f"{units or 'no units (no units attribute)'}. Convert the input "
                               f"to {trained['units']}.")
     return None
-
-
-def _check_quantity(trained: dict[str, Any], where: str, variable: str,
-                    standard_name: str | None) -> None:
-    """Refuse data of another quantity (another standard_name, or else another name)."""
-    from downscale.units import same_quantity
-
-    name, meaning = str(trained["variable"]), trained.get("standard_name")
-    if meaning and standard_name and not same_quantity(meaning, standard_name):
-        raise CheckpointError(f"{where}: trained for variable '{name}' (standard_name "
-                              f"{meaning}), but the data select '{variable}' (standard_name "
-                              f"{standard_name}). Use a checkpoint trained for "
-                              f"{standard_name}.")
-    if name != variable and not (meaning and standard_name):
-        accepted = (f" (or give '{variable}' the standard_name {meaning}, if that is what "
-                    "it holds)" if meaning else "")
-        raise CheckpointError(f"{where}: trained for variable '{name}', but the data select "
-                              f"'{variable}'. Use a checkpoint trained for "
-                              f"'{variable}'{accepted}.")
 
 
 _MODELS: dict[tuple[str, str, str, str], Any] = {}

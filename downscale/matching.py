@@ -3,9 +3,10 @@
 A model learns a quantity (a CF ``standard_name``), not a file's variable name: a model
 trained on ``air_temperature`` applies to a CMIP file's ``ta`` when both carry
 ``standard_name: air_temperature``. :func:`choose_variable` picks the variable of an input
-for ``downscale run``; :func:`units_conversion` says how its values reach the model's units
-(:mod:`downscale.units`), or refuses in one line. The variable and units checks themselves
-stay in :func:`downscale.checkpoint.check_trained_for`, the one place for them.
+for ``downscale run``. :func:`check_quantity` refuses another quantity and
+:func:`units_conversion` says how the values reach the model's units (:mod:`downscale.units`)
+or refuses in one line; both are asked by :func:`downscale.checkpoint.check_trained_for`,
+the one place every entry point goes through.
 """
 
 from __future__ import annotations
@@ -67,6 +68,35 @@ def choose_variable(path: str, trained: str, trained_standard_name: str | None) 
                          f"{trained_standard_name}: {', '.join(matches)}", path=path,
                          hint="choose one with --variable")
     return matches[0] if matches else trained
+
+
+def check_quantity(trained: dict[str, Any], where: str, variable: str,
+                    standard_name: str | None) -> None:
+    """Refuse data of another quantity: another standard_name, or else another name.
+
+    Part of :func:`downscale.checkpoint.check_trained_for` (the one place that asks).
+
+    Args:
+        trained: The checkpoint's ``downscale_data`` record (``variable``, ``standard_name``).
+        where: The checkpoint's path, for the message.
+        variable: The variable the data select.
+        standard_name: Its ``standard_name`` (None: it has none).
+
+    Raises:
+        CheckpointError: One line naming both variables (and standard names).
+    """
+    name, meaning = str(trained["variable"]), trained.get("standard_name")
+    if meaning and standard_name and not same_quantity(meaning, standard_name):
+        raise CheckpointError(f"{where}: trained for variable '{name}' (standard_name "
+                              f"{meaning}), but the data select '{variable}' (standard_name "
+                              f"{standard_name}). Use a checkpoint trained for "
+                              f"{standard_name}.")
+    if name != variable and not (meaning and standard_name):
+        accepted = (f" (or give '{variable}' the standard_name {meaning}, if that is what "
+                    "it holds)" if meaning else "")
+        raise CheckpointError(f"{where}: trained for variable '{name}', but the data select "
+                              f"'{variable}'. Use a checkpoint trained for "
+                              f"'{variable}'{accepted}.")
 
 
 def units_conversion(trained: dict[str, Any], attrs: dict[str, Any], *, where: str,

@@ -14,6 +14,9 @@ Examples::
         --time-block 120 --format zarr --scheduler tcp://10.0.0.1:8786
     # in this process, no Dask cluster (small jobs, debugging)
     downscale run --checkpoint model.ckpt --input tas_2deg.nc --output tas_fine.nc --workers 0
+    # a CMIP file (ta in degC, 1 degree) for a model of air_temperature in K at 5 degrees
+    downscale run --checkpoint model.ckpt --input ta_1deg.nc --output ta_fine.nc \
+        --regrid conservative
     # terrain: a TerrainTask checkpoint turns a coarse DEM into a fine one (surface_altitude)
     downscale run --checkpoint terrain.ckpt --input dem_coarse.nc --output dem_fine.nc
 
@@ -32,6 +35,12 @@ How it works (docs/method.md, "Scale"):
   process writes ``--output``'s chunks as they come; with ``--output-dir`` each file is one
   task written by its worker (the directory must be visible to them). Zarr: every chunk is
   written by the worker that computed it (region writes, consolidated metadata).
+* The variable is the one with the checkpoint's CF ``standard_name`` (``ta`` for a model
+  of ``air_temperature``), else the checkpoint's name; the output keeps the input's name.
+  Units are converted into the model's with cf-units and the output back into the
+  input's (degC in, degC out). An input at another coarse spacing than the model's is
+  refused, or remapped onto it first with ``--regrid conservative`` (conservation then
+  holds against the remapped field). See docs/method.md, "Other sources".
 * A terrain generator's checkpoint runs the same way on coarse DEMs (any elevation
   variable in metres; whole fields only, since the generator takes each field's relief
   about its own mean).
