@@ -269,8 +269,9 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     _check_options(args)
     ckpt = read_checkpoint(args.checkpoint)
     variable = args.variable or default_variable(ckpt, str(args.input[0]))
-    check_trained_for(ckpt.contents, ckpt.path, variable=variable, terrain=ckpt.is_terrain,
-                      standard_name=standard_names_in(str(args.input[0])).get(variable))
+    if args.variable:  # the default holds the checkpoint's quantity, or is its name
+        check_trained_for(ckpt.contents, ckpt.path, variable=variable, terrain=ckpt.is_terrain,
+                          standard_name=standard_names_in(str(args.input[0])).get(variable))
     inputs = [str(p) for p in args.input]
     fields = open_inputs(inputs, variable, ckpt)
     units = input_units(inputs, fields, variable, ckpt)
