@@ -101,7 +101,10 @@ def test_output_is_cf_netcdf_with_provenance(reference: Path, checkpoint: Path,
         assert ds.attrs["downscale_checkpoint_sha256"] == file_sha256(checkpoint)
         config = json.loads(ds.attrs["downscale_config"])
         assert config["hyper_parameters"]["hidden_channels"] == 8
-        assert config["trained_on"] == {"variable": VARIABLE, "factor": 4, "units": "K"}
+        spacing = config["trained_on"].pop("coarse_spacing")  # E1's 1.25 x 1.875 degrees x 4
+        assert spacing["dims"] == ["lat", "lon"] and spacing["widths"] == [5.0, 7.5]
+        assert config["trained_on"] == {"variable": VARIABLE, "factor": 4, "units": "K",
+                                        "standard_name": VARIABLE}
         assert ds.attrs["downscale_version"] == __version__
         assert ds.attrs["downscale_inputs"] == str(coarse_nc.resolve())
         assert "run --checkpoint" in ds.attrs["history"] and str(coarse_nc) in ds.attrs["history"]
