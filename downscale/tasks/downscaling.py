@@ -193,6 +193,7 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
         if datamodule is not None and hasattr(datamodule, "variable_attrs"):
             paths = ", ".join(getattr(getattr(datamodule, "source", None), "paths", []))
             checks.update(units=datamodule.variable_attrs.get("units"),
+                          standard_name=datamodule.variable_attrs.get("standard_name"),
                           data=paths or "the data")
         return checks
 
