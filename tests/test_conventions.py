@@ -263,7 +263,7 @@ def test_run_keeps_the_users_conventions(checkpoint: Path, tmp_path: Path) -> No
         big.load().to_netcdf(tmp_path / "big.nc")
     out = tmp_path / "out.nc"
     cli_main(["run", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "big.nc"),
-              "--output", str(out), "--workers", "0", "--no-progress"])
+              "--output", str(out), "--workers", "0", "--no-progress", "--any-spacing"])
     with xr.open_dataset(out) as res, xr.open_dataset(tmp_path / "big.nc") as src:
         assert res[VARIABLE].dims == ("time", "latitude", "longitude")
         assert res["longitude"].min() >= 0 and res["longitude"].max() < 360

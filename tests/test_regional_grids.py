@@ -57,7 +57,8 @@ def _write(path: Path, values: np.ndarray[Any, Any], time: xr.DataArray, attrs: 
 def _run(tmp_path: Path, checkpoint: Path, source: Path, suffix: str = ".nc") -> Path:
     out = tmp_path / f"{source.stem}_fine{suffix}"
     downscale.batch.cli.main(["--checkpoint", str(checkpoint), "--input", str(source),
-                              "--output", str(out), "--workers", "0", "--time-chunk", "4"])
+                              "--output", str(out), "--workers", "0", "--time-chunk", "4",
+                              "--any-spacing"])  # the E1 model on grids of other spacings
     return out
 
 

@@ -26,6 +26,7 @@ from downscale.errors import InputError
 from downscale.grid import horizontal_dims
 
 if TYPE_CHECKING:
+    from downscale.units import UnitConversion
     from downscale.writers import NetCDFWriter, ZarrWriter
 
 #: ``--time-chunk auto`` puts about this many bytes of fine output in a chunk.
@@ -52,6 +53,8 @@ class Job:
         task: The checkpoint's task (:attr:`CheckpointInfo.task`).
         covariate: The static fine-grid covariate file, for a model trained with one.
         covariate_variable: Its variable.
+        units: How the inputs' values reach the model's units and the prediction comes
+            back in theirs (:mod:`downscale.units`); None: the same units.
     """
 
     checkpoint: str
@@ -67,6 +70,7 @@ class Job:
     task: str = "DownscalingTask"
     covariate: str | None = None
     covariate_variable: str | None = None
+    units: UnitConversion | None = None
 
 
 @dataclass(frozen=True)
