@@ -74,8 +74,6 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
 
 
-@pytest.mark.xfail(reason="issue 18 item 4 (batch runner): the pre-flight estimate of the "
-                   "output size is not there yet", strict=False)
 def test_preflight_refuses_an_output_larger_than_the_free_space(
         disk: Disk, checkpoint: Path, coarse_nc: Path) -> None:
     disk.mount("16k")  # the output is ~100 KB (12 steps of 36 x 48 float32 and more)
@@ -85,8 +83,6 @@ def test_preflight_refuses_an_output_larger_than_the_free_space(
     assert not [n for n in os.listdir(disk.path) if n.endswith((".nc", ".tmp"))]
 
 
-@pytest.mark.xfail(reason="issue 18 item 4 (batch runner): a disk that fills during the "
-                   "write is not yet one line", strict=False)
 def test_a_disk_that_fills_during_the_write_fails_in_one_line_and_a_rerun_resumes(
         disk: Disk, checkpoint: Path, coarse_nc: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference"

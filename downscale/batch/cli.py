@@ -71,6 +71,7 @@ from downscale.batch.plan import (
     plan_outputs,
 )
 from downscale.batch.record import RunRecord
+from downscale.batch.space import check_free_space
 from downscale.checkpoint import CheckpointInfo, check_trained_for, read_checkpoint
 from downscale.errors import CheckpointError, InputError
 from downscale.helptext import plain
@@ -262,7 +263,8 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     with _terminate_cleanly(), RunRecord(directory) as record:
         resumable = set().union(*(resumable_names(p.path, p.tag(job.time_chunk))
                                   for p in plans))
-        record.remove_temporaries([p.path.name for p in plans], keep=resumable)
+        names = [p.path.name for p in plans]
+        record.remove_temporaries(names, keep=resumable)
         todo = [p for p in plans if args.force or not record.is_complete(p.path, p.key)]
         for plan in plans:
             if plan not in todo:
@@ -270,7 +272,11 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
         if not todo:
             log.info("Nothing to do: all %d output(s) are complete.", len(plans))
         else:
-            _run_todo(args, job, todo, record, hooks, variable, inputs, ckpt.factor)
+            check_free_space(directory, job, todo, fields)
+            try:
+                _run_todo(args, job, todo, record, hooks, variable, inputs, ckpt.factor)
+            finally:  # what killed workers left (the cluster is closed by now)
+                record.remove_temporaries(names, keep=resumable)
             log.info("Done: %d written, %d skipped.", len(todo), len(plans) - len(todo))
     if args.plot:
         from downscale.plotting import plot_output
