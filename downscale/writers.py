@@ -113,11 +113,16 @@ class NetCDFWriter:
 
     def create(self) -> None:
         """Create the file (coordinates, attributes, the variable unfilled) and open it."""
+        import dask
         import netCDF4
 
         check_output_target(self.final, self.template)
         try:  # errors are told (a full disk measured) before the temporary is removed
-            with output_errors(self.final, self.tmp, self.template):
+            # The synchronous scheduler: asked for one, xarray would make a Client on a Dask
+            # worker, which, left to the garbage collector, fails after the worker's loop
+            # closed (a traceback on stderr when a run stops); nothing is computed anyway.
+            with (output_errors(self.final, self.tmp, self.template),
+                  dask.config.set(scheduler="synchronous")):
                 # compute=False writes everything but the Dask-backed variable's values.
                 delayed = self.template.to_netcdf(self.tmp, engine="netcdf4",
                                                   format="NETCDF4", compute=False)
