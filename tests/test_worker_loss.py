@@ -16,6 +16,7 @@ a moment: ``--pause read``); the worker is found among the run's child processes
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -178,3 +179,14 @@ def test_a_killed_worker_fails_in_one_line_and_a_rerun_completes(
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     np.testing.assert_array_equal(_values(_finals(blocks)), expected)
     assert not [p.name for p in blocks.iterdir() if p.name.endswith(".tmp")]
+    _add_to_bad_input_table(lines[0].replace(str(tmp_path) + "/", ""))
+
+
+def _add_to_bad_input_table(line: str) -> None:
+    """Add the line to the bad-input table's rows (tests/bad_inputs/make_table.py)."""
+    table = os.environ.get("DOWNSCALE_BAD_INPUT_TABLE")
+    if table:
+        rows = json.loads(Path(table).read_text()) if Path(table).exists() else []
+        rows.append({"case": "Dask worker killed (SIGKILL) while writing", "entry": "run",
+                     "note": "--workers 2, allowed-failures 0", "message": line})
+        Path(table).write_text(json.dumps(rows, indent=1) + "\n")

@@ -210,9 +210,9 @@ def _worker_lost(output: Path, exc: BaseException) -> WorkerLostError:
     """The one line for a task whose workers died (``exc``: Dask's ``KilledWorker``)."""
     return WorkerLostError(
         f"{output}: a Dask worker died while computing this output (killed, or out of "
-        f"memory: {type(exc).__name__}). Run the same command again: the outputs complete "
-        "are kept and the rest resumes; if workers keep dying, give each more memory "
-        "(--memory-limit) or run fewer (--workers)")
+        f"memory: {type(exc).__name__}). Run the same command again: it keeps the complete "
+        "outputs and resumes; if workers keep dying, give each more memory "
+        "(--memory-limit) or run fewer (--workers).")
 
 
 def run_outputs(job: Job, plans: Sequence[OutputPlan], record: RunRecord, runner: Runner,
