@@ -37,6 +37,10 @@ How it works (docs/method.md, "Scale"):
   about its own mean).
 * Every output is written under a temporary name, verified and renamed
   (:mod:`downscale.writers`): a final name only ever holds a complete output.
+* Before anything is written, the outputs' size is set against the free space of the
+  output directory (:mod:`downscale.batch.space`): refused when even compressed they
+  cannot fit, a warning when uncompressed they may not. A disk that fills anyway, or a
+  Dask worker that dies, stops the run in one line; the same command then resumes.
 * Resumable: ``downscale_run_record.json`` next to the outputs records each output's
   sha256 and a hash of what made it (checkpoint sha256, its configuration, the variable,
   the inputs' paths, sizes and modification times, the time steps and the package
