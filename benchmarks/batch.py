@@ -56,7 +56,8 @@ from benchmarks import checkout_env
 from benchmarks.identity import IDENTITY_HOOKS
 from benchmarks.inputs import VARIABLE, write_field
 from benchmarks.timing import interleaved, median, median_seconds, wall_seconds
-from downscale.inference import downscale_field, fine_bounds, fine_cell_areas
+from downscale.grid import fine_bounds, fine_cell_areas
+from downscale.inference import downscale_field
 from downscale.testing import ProcessUsage, measure_process, peak_rss
 
 FACTOR = 4
@@ -125,9 +126,14 @@ def fit_checkpoint(data: Path, root: Path) -> Path:
 
 def run_argv(checkpoint: Path, data: Path, output: Path, time_chunk: int,
              *extra: str) -> list[str]:
-    """Arguments of ``downscale run`` as every section runs it (whole fields, no bar)."""
+    """Arguments of ``downscale run`` as every section runs it (whole fields, no bar).
+
+    The model is trained on ``data`` as the fine field and run on it as a coarse one:
+    ``--any-spacing`` lets it (speed does not depend on what the model learned).
+    """
     return ["--checkpoint", str(checkpoint), "--input", str(data), "--output", str(output),
-            "--time-chunk", str(time_chunk), "--no-progress", "--force", *extra]
+            "--time-chunk", str(time_chunk), "--no-progress", "--force", "--any-spacing",
+            *extra]
 
 
 @dataclass(frozen=True)

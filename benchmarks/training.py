@@ -49,7 +49,7 @@ from benchmarks.timing import median_seconds
 from downscale.data import DownscalingDataModule
 from downscale.data.samples import PATCHES_PER_STEP, Sample
 from downscale.tasks import DownscalingTask
-from downscale.tasks.common import take_training_stats
+from downscale.tasks.base import take_training_stats
 
 FACTOR = 4
 #: The loader must deliver this many times what one model consumes (issue 7's target).

@@ -21,7 +21,7 @@ import xarray as xr
 from numpy.typing import NDArray
 
 from downscale.errors import InputError
-from downscale.grid import horizontal_dims
+from downscale.grid import coarse_bounds, horizontal_dims
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,6 @@ def crop_to_factor(ds: xr.Dataset, factor: tuple[int, int], *, variable: str | N
 def _check_factor(factor: tuple[int, int]) -> None:
     if len(factor) != 2 or any(int(f) != f or f < 1 for f in factor):
         raise ValueError(f"factor must be two positive integers (fy, fx), got {factor}")
-
-
-def coarse_bounds(fine_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
-    """Bounds of the coarse cells that ``factor`` consecutive fine cells form, ``(n, 2)``."""
-    fb = np.asarray(fine_bounds, dtype=np.float64)
-    return np.stack([fb[::factor, 0], fb[factor - 1 :: factor, 1]], axis=1)
 
 
 def coarsen_field(ds: xr.Dataset, variable: str, factor: tuple[int, int]) -> xr.Dataset:

@@ -17,9 +17,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from downscale.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from downscale.units import UnitConversion
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ class CheckpointInfo:
         """The static covariate it was trained with (variable, units, ...), or None."""
         trained = self.config.get("trained_on", {}).get("covariate")
         return trained if isinstance(trained, dict) else None
+
+    @property
+    def standard_name(self) -> str | None:
+        """The CF ``standard_name`` of the variable it was trained on (None: not recorded)."""
+        name = self.config.get("trained_on", {}).get("standard_name")
+        return str(name) if name else None
 
     @property
     def contents(self) -> dict[str, Any]:
@@ -193,11 +202,15 @@ NOT_GIVEN: Final = object()
 def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | None = None,
                       variable: str | None = None, units: object = NOT_GIVEN,
                       data: str = "the data", covariate_channels: int | None = None,
-                      terrain: bool = False) -> None:
-    """Refuse a checkpoint trained for another factor, variable, units or covariates.
+                      terrain: bool = False, standard_name: str | None = None,
+                      convert_units: bool = False) -> UnitConversion | None:
+    """Refuse a checkpoint trained for another factor, quantity, units or covariates.
 
     The one place for these checks: :func:`load_model`, the tasks' ``on_load_checkpoint``
     (``predict``, ``--ckpt_path``) and ``run`` ask it. An argument left None is not checked.
+    A variable matches by meaning: another name is accepted when its ``standard_name`` is
+    the checkpoint's (:func:`downscale.units.same_quantity`); a checkpoint saved without a
+    standard name matches by name only.
 
     Args:
         checkpoint: The checkpoint's contents (``hyper_parameters``, ``downscale_data``).
@@ -210,6 +223,13 @@ def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | N
         data: The data files, named in the units message.
         covariate_channels: Static covariate channels the model is configured for.
         terrain: Whether it is a terrain generator (elevation in the messages).
+        standard_name: The data variable's ``standard_name`` (None: it has none).
+        convert_units: The caller converts units (``run``): other units are accepted when
+            cf-units converts them (:mod:`downscale.units`); else they must be the same.
+
+    Returns:
+        With ``convert_units`` and ``units`` given: how the data's values reach the model's
+        units (None when the checkpoint records none). Otherwise None.
 
     Raises:
         CheckpointError: With one line naming the checkpoint and what to change.
@@ -226,12 +246,18 @@ def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | N
         raise CheckpointError(f"{where}: trained for factor {saved_factor}, but the data use "
                               f"factor {factor}. Use a checkpoint trained for factor {factor} "
                               f"or set --data.factor {saved_factor}.")
-    if not terrain and trained.get("variable") and variable and trained["variable"] != variable:
-        raise CheckpointError(f"{where}: trained for variable '{trained['variable']}', but the "
-                              f"data select '{variable}'. Use a checkpoint trained for "
-                              f"'{variable}'.")
+    if not terrain and trained.get("variable") and variable:
+        from downscale.matching import check_quantity
+
+        check_quantity(trained, where, variable, standard_name)
     if units is NOT_GIVEN:
-        return
+        return None
+    if convert_units and (units or not trained.get("units")):
+        from downscale.matching import units_conversion
+
+        attrs = {"units": units, "standard_name": standard_name}
+        return units_conversion(trained, attrs, where=where, path=data,
+                                variable=variable or str(trained.get("variable")))
     if terrain and trained.get("units") and units and trained["units"] != units:
         raise CheckpointError(f"{where}: trained on elevation in {trained['units']}, but the "
                               f"DEM is in {units}. Convert the DEM to {trained['units']}.")
@@ -240,6 +266,7 @@ def check_trained_for(checkpoint: dict[str, Any], where: str, *, factor: int | N
                               f"{trained['units']}, but {data} is in "
                               f"{units or 'no units (no units attribute)'}. Convert the input "
                               f"to {trained['units']}.")
+    return None
 
 
 _MODELS: dict[tuple[str, str, str, str], Any] = {}

@@ -15,7 +15,7 @@ import xarray as xr
 from numpy.typing import NDArray
 
 from downscale.aggregate import coarsen_field, crop_to_factor
-from downscale.grid import EARTH_RADIUS_M, horizontal_dims
+from downscale.grid import EARTH_RADIUS_M, horizontal_dims, nested_fine_coords
 
 FloatArray = NDArray[np.float64]
 
@@ -123,22 +123,10 @@ def subdivide_grid(coarse: xr.Dataset, factor: int, variable: str | None = None)
     """
     name = variable or dem_variable(coarse)
     ydim, xdim = horizontal_dims(coarse)
-    coords: dict[str, Any] = {}
-    for dim in (ydim, xdim):
-        edges = _subdivided_edges(np.asarray(coarse[f"{dim}_bnds"].values), factor)
-        bnds = np.stack([edges[:-1], edges[1:]], axis=1)
-        coords[dim] = (dim, bnds.mean(axis=1), coarse[dim].attrs)
-        coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
+    coords: dict[str, Any] = nested_fine_coords(coarse, factor)
     if "time" in coarse.coords:
         coords["time"] = coarse["time"]
     shape = (coarse.sizes["time"], coarse.sizes[ydim] * factor, coarse.sizes[xdim] * factor)
     values = np.full(shape, np.nan, dtype=np.float32)
     return xr.Dataset({name: (("time", ydim, xdim), values, coarse[name].attrs)},
                       coords=coords, attrs=coarse.attrs)
-
-
-def _subdivided_edges(bounds: NDArray[np.floating], factor: int) -> FloatArray:
-    """Edges of ``factor`` equal parts of every (ascending) cell, shape ``(n * factor + 1,)``."""
-    b = np.asarray(bounds, dtype=np.float64)
-    parts = b[:, :1] + (b[:, 1:] - b[:, :1]) * (np.arange(factor) / factor)[None, :]
-    return np.append(parts.ravel(), b[-1, 1])

@@ -1,4 +1,4 @@
-"""Grid geometry: coordinate normalisation, cell bounds, spherical cell areas, nesting.
+"""Grid geometry: cell bounds, spherical cell areas, nesting, refinement and coarsening.
 
 Conventions used throughout the package:
 
@@ -10,6 +10,8 @@ Conventions used throughout the package:
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -140,3 +142,65 @@ def nesting_factor(coarse_bounds: NDArray[np.floating], fine_bounds: NDArray[np.
           and np.allclose(upper, coarse[:, 1], atol=atol, rtol=0)
           and np.allclose(fine[1:, 0][inner], fine[:-1, 1][inner], atol=atol, rtol=0))
     return factor if ok else None
+
+
+# -- refinement and coarsening of bounds: the one place ----------------------------------
+def fine_bounds(coarse_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
+    """Split each coarse cell evenly into ``factor`` fine cells.
+
+    Args:
+        coarse_bounds: ``(n, 2)`` ascending (lower, upper) edges, degrees or metres.
+        factor: Fine cells per coarse cell.
+
+    Returns:
+        Fine bounds of shape ``(n * factor, 2)`` in the same units.
+    """
+    cb = np.asarray(coarse_bounds, dtype=np.float64)
+    step = (cb[:, 1] - cb[:, 0]) / factor
+    lower = cb[:, :1] + step[:, None] * np.arange(factor)
+    upper = cb[:, :1] + step[:, None] * np.arange(1, factor + 1)
+    upper[:, -1] = cb[:, 1]  # the coarse edge itself, not a rounded sum
+    return np.stack([lower.ravel(), upper.ravel()], axis=1)
+
+
+def fine_cell_areas(coarse_y_bnds: NDArray[np.floating], coarse_x_bnds: NDArray[np.floating],
+                    factor: int, *, latlon: bool = True) -> NDArray[np.float64]:
+    """Cell areas (m^2) of the fine grid that splits each coarse cell ``factor x factor``.
+
+    Args:
+        coarse_y_bnds: ``(h, 2)`` latitude (degrees) or y (metres) bounds.
+        coarse_x_bnds: ``(w, 2)`` longitude (degrees) or x (metres) bounds.
+        factor: Fine cells per coarse cell along each axis.
+        latlon: Spherical areas of a latitude-longitude grid, else planar areas.
+
+    Returns:
+        ``(h * factor, w * factor)`` areas in m^2.
+    """
+    yb, xb = fine_bounds(coarse_y_bnds, factor), fine_bounds(coarse_x_bnds, factor)
+    return cell_areas_latlon(yb, xb) if latlon else cell_areas_projected(yb, xb)
+
+
+def coarse_bounds(fine_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
+    """Bounds of the coarse cells that ``factor`` consecutive fine cells form, ``(n, 2)``."""
+    fb = np.asarray(fine_bounds, dtype=np.float64)
+    return np.stack([fb[::factor, 0], fb[factor - 1 :: factor, 1]], axis=1)
+
+
+def nested_fine_coords(coarse: xr.Dataset | xr.DataArray, factor: int
+                       ) -> dict[str, tuple[Any, ...]]:
+    """The horizontal coordinates of the fine grid nested in ``coarse``'s.
+
+    Each coarse cell is split into ``factor x factor`` cells of equal width in the grid's
+    own coordinates (:func:`fine_bounds`); the centres keep the coarse coordinates'
+    attributes.
+
+    Returns:
+        ``{dim: (dim, centres, attrs), f"{dim}_bnds": ((dim, "bnds"), bounds)}`` for both
+        horizontal dimensions, ready for :class:`xarray.Dataset`'s ``coords``.
+    """
+    coords: dict[str, tuple[Any, ...]] = {}
+    for dim in horizontal_dims(coarse):
+        bnds = fine_bounds(coarse[f"{dim}_bnds"].values, factor)
+        coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))
+        coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
+    return coords

@@ -51,7 +51,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from downscale.grid import cell_areas_latlon, cell_areas_projected, is_periodic_longitude
+from downscale.grid import fine_cell_areas, is_periodic_longitude
 from downscale.nn.conserving import block_repeat
 from downscale.nn.protocol import NotTileableError, tile_alignment
 
@@ -81,41 +81,6 @@ def receptive_field(module: nn.Module) -> int:
                                "(it has no receptive_field() method); give the halo "
                                "explicitly")
     return int(stated())
-
-
-def fine_bounds(coarse_bounds: NDArray[np.floating], factor: int) -> NDArray[np.float64]:
-    """Split each coarse cell evenly into ``factor`` fine cells.
-
-    Args:
-        coarse_bounds: ``(n, 2)`` ascending (lower, upper) edges, degrees or metres.
-        factor: Fine cells per coarse cell.
-
-    Returns:
-        Fine bounds of shape ``(n * factor, 2)`` in the same units.
-    """
-    cb = np.asarray(coarse_bounds, dtype=np.float64)
-    step = (cb[:, 1] - cb[:, 0]) / factor
-    lower = cb[:, :1] + step[:, None] * np.arange(factor)
-    upper = cb[:, :1] + step[:, None] * np.arange(1, factor + 1)
-    upper[:, -1] = cb[:, 1]  # the coarse edge itself, not a rounded sum
-    return np.stack([lower.ravel(), upper.ravel()], axis=1)
-
-
-def fine_cell_areas(coarse_y_bnds: NDArray[np.floating], coarse_x_bnds: NDArray[np.floating],
-                    factor: int, *, latlon: bool = True) -> NDArray[np.float64]:
-    """Cell areas (m^2) of the fine grid that splits each coarse cell ``factor x factor``.
-
-    Args:
-        coarse_y_bnds: ``(h, 2)`` latitude (degrees) or y (metres) bounds.
-        coarse_x_bnds: ``(w, 2)`` longitude (degrees) or x (metres) bounds.
-        factor: Fine cells per coarse cell along each axis.
-        latlon: Spherical areas of a latitude-longitude grid, else planar areas.
-
-    Returns:
-        ``(h * factor, w * factor)`` areas in m^2.
-    """
-    yb, xb = fine_bounds(coarse_y_bnds, factor), fine_bounds(coarse_x_bnds, factor)
-    return cell_areas_latlon(yb, xb) if latlon else cell_areas_projected(yb, xb)
 
 
 @dataclass(frozen=True)

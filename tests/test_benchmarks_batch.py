@@ -13,7 +13,7 @@ import netCDF4
 import numpy as np
 import pytest
 
-from downscale.inference import fine_cell_areas
+from downscale.grid import fine_cell_areas
 from downscale.testing import assert_mass_conserved
 
 ROOT = Path(__file__).resolve().parents[1]

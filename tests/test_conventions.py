@@ -17,8 +17,7 @@ from conftest import VARIABLE, assert_cf_compliant, make_latlon_nc
 from downscale.aggregate import coarsen_field
 from downscale.cf import downscaled_dataset
 from downscale.conventions import conventions_of, restore, user_layout, with_conventions
-from downscale.grid import horizontal_dims, nesting_factor
-from downscale.inference import fine_bounds
+from downscale.grid import fine_bounds, horizontal_dims, nesting_factor
 from downscale.io import open_field, write_netcdf
 from downscale.main import main as cli_main
 
@@ -264,7 +263,7 @@ def test_run_keeps_the_users_conventions(checkpoint: Path, tmp_path: Path) -> No
         big.load().to_netcdf(tmp_path / "big.nc")
     out = tmp_path / "out.nc"
     cli_main(["run", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "big.nc"),
-              "--output", str(out), "--workers", "0", "--no-progress"])
+              "--output", str(out), "--workers", "0", "--no-progress", "--any-spacing"])
     with xr.open_dataset(out) as res, xr.open_dataset(tmp_path / "big.nc") as src:
         assert res[VARIABLE].dims == ("time", "latitude", "longitude")
         assert res["longitude"].min() >= 0 and res["longitude"].max() < 360

@@ -8,14 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from downscale.aggregate import block_sum
-from downscale.grid import cell_areas_latlon, nesting_factor
-from downscale.inference import (
-    downscale_field,
-    fine_bounds,
-    fine_cell_areas,
-    plan_tiles,
-    receptive_field,
-)
+from downscale.grid import cell_areas_latlon, fine_bounds, fine_cell_areas, nesting_factor
+from downscale.inference import downscale_field, plan_tiles, receptive_field
 from downscale.metrics import conservation_error
 from downscale.tasks import DownscalingTask
 from downscale.testing import synthetic_field

@@ -101,7 +101,10 @@ def test_output_is_cf_netcdf_with_provenance(reference: Path, checkpoint: Path,
         assert ds.attrs["downscale_checkpoint_sha256"] == file_sha256(checkpoint)
         config = json.loads(ds.attrs["downscale_config"])
         assert config["hyper_parameters"]["hidden_channels"] == 8
-        assert config["trained_on"] == {"variable": VARIABLE, "factor": 4, "units": "K"}
+        spacing = config["trained_on"].pop("coarse_spacing")  # E1's 1.25 x 1.875 degrees x 4
+        assert spacing["dims"] == ["lat", "lon"] and spacing["widths"] == [5.0, 7.5]
+        assert config["trained_on"] == {"variable": VARIABLE, "factor": 4, "units": "K",
+                                        "standard_name": VARIABLE}
         assert ds.attrs["downscale_version"] == __version__
         assert ds.attrs["downscale_inputs"] == str(coarse_nc.resolve())
         assert "run --checkpoint" in ds.attrs["history"] and str(coarse_nc) in ds.attrs["history"]
@@ -477,13 +480,12 @@ def _bad_cases(tmp: Path, checkpoint: Path, coarse_nc: Path) -> dict[str, tuple[
     """Name -> (arguments, fragments the error line must contain)."""
     with xr.open_dataset(coarse_nc) as ds:
         ds = ds.load()
-    renamed = tmp / "tas.nc"
-    ds.rename({VARIABLE: "tas"}).to_netcdf(renamed)
-    celsius = tmp / "celsius.nc"
-    converted = ds.copy()
-    converted[VARIABLE] = (converted[VARIABLE] - 273.15).assign_attrs(
-        ds[VARIABLE].attrs, units="degC")
-    converted.to_netcdf(celsius)
+    renamed = tmp / "tas.nc"  # without a standard_name: not the checkpoint's quantity
+    tas = ds.rename({VARIABLE: "tas"})
+    del tas["tas"].attrs["standard_name"]
+    tas.to_netcdf(renamed)
+    metres = tmp / "metres.nc"  # units with no conversion into K (degC converts)
+    ds.assign({VARIABLE: ds[VARIABLE].assign_attrs(units="m")}).to_netcdf(metres)
     shifted = tmp / "shifted.nc"
     ds.assign_coords(lon=ds["lon"] + 7.5, lon_bnds=ds["lon_bnds"] + 7.5).to_netcdf(shifted)
     garbage = tmp / "garbage.ckpt"
@@ -502,8 +504,8 @@ def _bad_cases(tmp: Path, checkpoint: Path, coarse_nc: Path) -> dict[str, tuple[
                              [f"trained for variable '{VARIABLE}'", "'tas'"]),
         "variable missing": (["--checkpoint", ck, "--input", str(renamed), "--output", out],
                              [str(renamed), VARIABLE, "variable not found", "tas"]),
-        "other units": (["--checkpoint", ck, "--input", str(celsius), "--output", out],
-                        [str(celsius), "degC", "in K"]),
+        "other units": (["--checkpoint", ck, "--input", str(metres), "--output", out],
+                        [str(metres), "is in m", "in K"]),
         "different grids": (["--checkpoint", ck, "--input", inp, str(shifted),
                              "--output-dir", str(tmp / "out")],
                             [str(shifted), "grid (lon) differs"]),
@@ -639,7 +641,7 @@ def test_memory_is_bounded_by_the_chunk_not_the_input(tmp_path: Path) -> None:
         measured[name] = _run_measured(
             ["--checkpoint", str(ckpt), "--input", str(path), "--output-dir",
              str(tmp_path / name), "--time-block", "32", "--tile-size", "512", "--workers",
-             "2", "--memory-limit", str(limit), "--no-progress"], env)
+             "2", "--memory-limit", str(limit), "--no-progress", "--any-spacing"], env)
         size = path.stat().st_size
         print(f"\n{name}: input {size >> 20} MiB, worker limit {limit >> 20} MiB, peak RSS: "
               f"workers {[r >> 20 for r in measured[name]['workers']]} MiB, client "

@@ -37,5 +37,5 @@ def test_a_file_without_time_is_cf_compliant(checkpoint: Path, tmp_path: Path) -
     single = make_latlon_nc(tmp_path / "single.nc", nt=0, nlat=8, nlon=8, variable=VARIABLE)
     out = tmp_path / "single_fine.nc"
     cli_main(["run", "--checkpoint", str(checkpoint), "--input", str(single), "--output",
-              str(out), "--workers", "0", "--no-progress"])
+              str(out), "--workers", "0", "--no-progress", "--any-spacing"])
     assert_cf_compliant(out, tmp_path)

@@ -271,16 +271,27 @@ def test_checkpoint_for_another_factor_is_refused(tmp_path: Path,
     assert not out.exists()
 
 
-def test_run_generates_the_same_terrain_as_predict(tmp_path: Path) -> None:
+def test_run_generates_the_same_terrain_as_predict(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """``downscale run`` takes a terrain checkpoint too: coarse DEM in, CF fine DEM out."""
     ckpt = _fit(tmp_path)
     _, coarse = coarsen_dem(open_dem("manifest://topobathy"), 4)
     coarse_nc = write_netcdf(coarse.isel(time=0).compute(), tmp_path / "coarse.nc")
+    # A DEM at another spacing than the generator learned is refused, saying both.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--checkpoint", str(ckpt), "--input", str(coarse_nc), "--output",
+              str(tmp_path / "refused.nc"), "--workers", "0", "--no-progress"])
+    line = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and len(line.splitlines()) == 1
+    assert "trained on coarse DEMs of" in line and str(coarse_nc) in line
+    assert not (tmp_path / "refused.nc").exists()
     predicted, generated = tmp_path / "predicted.nc", tmp_path / "generated.nc"
     main(["predict", "--config", TINY, "--ckpt_path", str(ckpt), "--data.coarse_dem",
           str(coarse_nc), "--prediction_writer.output", str(predicted)])
+    # Trained on Jacksboro's ~90 m cells, run on topobathy's ~2.4 km: --any-spacing.
     main(["run", "--checkpoint", str(ckpt), "--input", str(coarse_nc), "--output",
-          str(generated), "--workers", "0", "--no-progress"])
+          str(generated), "--workers", "0", "--no-progress", "--any-spacing"])
     with xr.open_dataset(predicted) as a, xr.open_dataset(generated) as b:
         da = b["topo"]  # the input's variable, though the generator was trained on another
         assert da.dims == ("lat", "lon") and da.shape == (88, 120)
@@ -292,6 +303,7 @@ def test_run_generates_the_same_terrain_as_predict(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)  # metres, float32 output
     # The relief is taken about a local mean: tiles with the stated halo give the same terrain.
     main(["run", "--checkpoint", str(ckpt), "--input", str(coarse_nc), "--output",
-          str(tmp_path / "tiled.nc"), "--workers", "0", "--tile-size", "32", "--no-progress"])
+          str(tmp_path / "tiled.nc"), "--workers", "0", "--tile-size", "32", "--no-progress",
+          "--any-spacing"])
     with xr.open_dataset(generated) as a, xr.open_dataset(tmp_path / "tiled.nc") as b:
         np.testing.assert_allclose(b["topo"].values, a["topo"].values, rtol=0, atol=1e-3)

@@ -185,7 +185,7 @@ def test_run_warns_about_a_missing_input_and_refuses_it_with_strict(
     path = latlon_nc("nan.nc", 8, 8, data=np.full((3, 8, 8), np.nan),
                      variable="air_temperature")
     common = ["--checkpoint", str(checkpoint), "--input", str(path), "--workers", "0",
-              "--no-progress"]
+              "--no-progress", "--any-spacing"]
     code, err = _run([*common, "--output", str(tmp_path / "strict.nc"), "--strict"], capsys)
     lines = [line for line in err.splitlines() if line.startswith("downscale: error:")]
     assert code == 2 and len(lines) == 1, err

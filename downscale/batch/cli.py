@@ -14,6 +14,9 @@ Examples::
         --time-block 120 --format zarr --scheduler tcp://10.0.0.1:8786
     # in this process, no Dask cluster (small jobs, debugging)
     downscale run --checkpoint model.ckpt --input tas_2deg.nc --output tas_fine.nc --workers 0
+    # a CMIP file (ta in degC, 1 degree) for a model of air_temperature in K at 5 degrees
+    downscale run --checkpoint model.ckpt --input ta_1deg.nc --output ta_fine.nc \
+        --regrid conservative
     # terrain: a TerrainTask checkpoint turns a coarse DEM into a fine one (surface_altitude)
     downscale run --checkpoint terrain.ckpt --input dem_coarse.nc --output dem_fine.nc
 
@@ -32,6 +35,12 @@ How it works (docs/method.md, "Scale"):
   process writes ``--output``'s chunks as they come; with ``--output-dir`` each file is one
   task written by its worker (the directory must be visible to them). Zarr: every chunk is
   written by the worker that computed it (region writes, consolidated metadata).
+* The variable is the one with the checkpoint's CF ``standard_name`` (``ta`` for a model
+  of ``air_temperature``), else the checkpoint's name; the output keeps the input's name.
+  Units are converted into the model's with cf-units and the output back into the
+  input's (degC in, degC out). An input at another coarse spacing than the model's is
+  refused, or remapped onto it first with ``--regrid conservative`` (conservation then
+  holds against the remapped field). See docs/method.md, "Other sources".
 * A terrain generator's checkpoint runs the same way on coarse DEMs (any elevation
   variable in metres; whole fields only, since the generator takes each field's relief
   about its own mean).
@@ -61,11 +70,18 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from downscale import __version__
 from downscale.batch.execute import Hooks, Runner, run_outputs
-from downscale.batch.inputs import check_covariate, default_variable, open_inputs
+from downscale.batch.inputs import (
+    check_covariate,
+    default_variable,
+    input_units,
+    open_inputs,
+    run_attrs,
+)
 from downscale.batch.plan import (
     AUTO_CHUNK_BYTES,
     FORMATS,
@@ -79,6 +95,8 @@ from downscale.batch.space import check_free_space
 from downscale.checkpoint import CheckpointInfo, check_trained_for, read_checkpoint
 from downscale.errors import CheckpointError, InputError
 from downscale.helptext import plain
+from downscale.matching import standard_names_in
+from downscale.spacing import check_spacing
 from downscale.validate import check_coverage
 from downscale.writers import resumable_names
 
@@ -107,7 +125,15 @@ def parser() -> argparse.ArgumentParser:
                    "the outputs (default netcdf; zarr names them *.zarr)")
     p.add_argument("--time-block", type=_positive, help="with --output-dir: time steps per "
                    "output (the inputs joined in time)")
-    p.add_argument("--variable", help="the input variable (default: the checkpoint's)")
+    p.add_argument("--variable", help="the input variable (default: the one with the "
+                   "checkpoint's standard_name, else the checkpoint's variable name)")
+    spacing = p.add_mutually_exclusive_group()
+    spacing.add_argument("--regrid", choices=("conservative",), help="inputs at another "
+                         "coarse spacing than the model's: remap them conservatively onto "
+                         "a grid of the model's spacing first (default: refuse them)")
+    spacing.add_argument("--any-spacing", action="store_true", help="apply the model at the "
+                         "input's own spacing even where it differs from the one it was "
+                         "trained at (the output records it)")
     p.add_argument("--covariate", help="static covariate on the fine grid (e.g. generated "
                    "terrain), for a checkpoint trained with one")
     p.add_argument("--covariate-variable", help="the covariate's variable (default: the "
@@ -214,6 +240,11 @@ def _terminate_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _output_folder(args: argparse.Namespace) -> Path:
+    """The folder the outputs go to (``--output``'s, or ``--output-dir``)."""
+    return Path(args.output).resolve().parent if args.output else Path(args.output_dir).resolve()
+
+
 def _check_options(args: argparse.Namespace) -> None:
     if args.time_block is not None and args.output_dir is None:
         raise InputError("--time-block needs --output-dir", hint="add --output-dir DIR")
@@ -243,9 +274,22 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     _check_options(args)
     ckpt = read_checkpoint(args.checkpoint)
     variable = args.variable or default_variable(ckpt, str(args.input[0]))
-    check_trained_for(ckpt.contents, ckpt.path, variable=variable, terrain=ckpt.is_terrain)
+    if args.variable:  # the default holds the checkpoint's quantity, or is its name
+        check_trained_for(ckpt.contents, ckpt.path, variable=variable, terrain=ckpt.is_terrain,
+                          standard_name=standard_names_in(str(args.input[0])).get(variable))
     inputs = [str(p) for p in args.input]
     fields = open_inputs(inputs, variable, ckpt)
+    units = input_units(inputs, fields, variable, ckpt)
+    regridded = None
+    if args.regrid:
+        from downscale.regrid import regrid_for_model
+
+        inputs, regridded = regrid_for_model(ckpt.contents["downscale_data"], ckpt.path,
+                                             inputs, fields, variable, _output_folder(args))
+        fields = open_inputs(inputs, variable, ckpt) if regridded else fields
+    spacing_note = check_spacing(ckpt.contents["downscale_data"], fields[0], where=ckpt.path,
+                                 path=inputs[0], terrain=ckpt.is_terrain,
+                                 refuse=not args.any_spacing)
     for path, field in zip(inputs, fields, strict=True):
         check_coverage(field[variable], path=path, strict=args.strict)
     covariate = check_covariate(args.covariate, args.covariate_variable, ckpt, fields[0])
@@ -258,12 +302,15 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
               time_chunk=args.time_chunk or auto_time_chunk(fields[0], ckpt.factor),
               device=args.device,
               history=(f"downscale {__version__} run --checkpoint {ckpt.path} --variable "
-                       f"{variable} --input {' '.join(inputs)}"),
+                       f"{variable} --input {' '.join(map(str, args.input))}"
+                       + (f" --regrid {args.regrid}" if args.regrid else "")),
               task=ckpt.task, covariate=covariate, covariate_variable=args.covariate_variable,
+              units=None if units is None or units.is_identity else units,
               attrs={"downscale_checkpoint_sha256": ckpt.sha256,
                      "downscale_config": json.dumps(ckpt.config, sort_keys=True),
                      "downscale_version": __version__,
-                     "downscale_command": "run"})
+                     "downscale_command": "run",
+                     **run_attrs(units, spacing_note, regridded)})
     with _terminate_cleanly(), RunRecord(directory) as record:
         resumable = set().union(*(resumable_names(p.path, p.tag(job.time_chunk))
                                   for p in plans))

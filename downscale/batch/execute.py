@@ -84,6 +84,8 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int,
     values = source.read(slice(start, stop), slice(None), slice(None))
     check_values(source.data, values, path=", ".join(inputs), offset={"time": start})
     hooks.pause("read")
+    if job.units is not None:  # the model works in its own units; the output in the input's
+        values = job.units.to_model(values)
     model = hooks.load_model(job.checkpoint, job.checkpoint_sha256, job.device, job.task)
     covariate = None
     if job.covariate is not None:
@@ -92,6 +94,8 @@ def compute_chunk(job: Job, inputs: tuple[str, ...], start: int, stop: int,
     fine = downscale_field(model, values, ds[f"{ydim}_bnds"].values, ds[f"{xdim}_bnds"].values,
                            job.factor, tile_size=job.tile_size, halo=job.halo,
                            latlon=ydim == "lat", covariate=covariate)
+    if job.units is not None:
+        fine = job.units.from_model(fine)
     hooks.pause("computed")
     return fine
 

@@ -21,17 +21,21 @@ from downscale.grid import horizontal_dims
 
 if TYPE_CHECKING:
     from downscale.data.covariate import StaticCovariate
+    from downscale.units import UnitConversion
 
 
 def default_variable(ckpt: CheckpointInfo, first_input: str) -> str:
     """The variable to downscale when ``--variable`` is not given.
 
-    A downscaling checkpoint's own variable; for a terrain generator, which applies to any
-    DEM, the elevation variable of the first input (``standard_name: surface_altitude``,
-    or its only gridded variable).
+    A downscaling checkpoint's variable, matched by meaning: the first input's variable
+    with the checkpoint's ``standard_name`` (:func:`downscale.matching.choose_variable`);
+    for a terrain generator, which applies to any DEM, the elevation variable of the first
+    input (``standard_name: surface_altitude``, or its only gridded variable).
     """
     if not ckpt.is_terrain:
-        return ckpt.variable
+        from downscale.matching import choose_variable
+
+        return choose_variable(first_input, ckpt.variable, ckpt.standard_name)
     from downscale.dem import netcdf_elevation_name
 
     return netcdf_elevation_name(Path(first_input))
@@ -69,27 +73,20 @@ def _has_variable(path: str, variable: str) -> bool:
 
 
 def open_inputs(paths: Sequence[str], variable: str, ckpt: CheckpointInfo) -> list[xr.Dataset]:
-    """Open every input lazily; check the variable, one grid, and the checkpoint's units.
+    """Open every input lazily; check the variable and that they share one grid.
 
     Raises:
         InputError: An input is missing, unreadable, lacks the variable or lies on another
             grid than the first.
-        CheckpointError: An input is in other units than the checkpoint was trained in.
     """
-    from downscale.io import open_field
+    from downscale.data.source import shared_source
 
     for path in paths:
         _check_variable_present(path, variable, ckpt.variable)
-    fields = [open_field(path, variable) for path in paths]
+    # Shared with the output plan and the chunks computed here: each file is opened once.
+    fields = [shared_source([path], variable).dataset for path in paths]
     first = fields[0]
     for path, field in zip(paths, fields, strict=True):
-        units = field[variable].attrs.get("units")
-        if ckpt.units is not None and units is None:
-            raise InputError(f"has no units attribute; the checkpoint expects '{ckpt.units}'",
-                             path=path, variable=variable,
-                             hint=f"set it (e.g. ncatted -a units,{variable},o,c,{ckpt.units})")
-        check_trained_for(ckpt.contents, ckpt.path, units=str(units).strip(), data=path,
-                          terrain=ckpt.is_terrain)
         if horizontal_dims(field) != horizontal_dims(first):
             raise InputError(f"grid dimensions {horizontal_dims(field)} differ from "
                              f"{horizontal_dims(first)} of {paths[0]}", path=path,
@@ -103,6 +100,59 @@ def open_inputs(paths: Sequence[str], variable: str, ckpt: CheckpointInfo) -> li
     return fields
 
 
+def input_units(paths: Sequence[str], fields: Sequence[xr.Dataset], variable: str,
+                ckpt: CheckpointInfo) -> UnitConversion | None:
+    """How the inputs' values reach the checkpoint's units (one conversion for all).
+
+    Returns:
+        The conversion (:mod:`downscale.units`); None when the checkpoint records no units.
+
+    Raises:
+        InputError: An input has no units attribute, or other units than the first.
+        CheckpointError: An input holds another quantity, or units with no conversion
+            into the checkpoint's (:func:`~downscale.checkpoint.check_trained_for`).
+    """
+    conversion: UnitConversion | None = None
+    for path, field in zip(paths, fields, strict=True):
+        attrs = field[variable].attrs
+        units = attrs.get("units")
+        if ckpt.units is not None and units is None:
+            raise InputError(f"has no units attribute; the checkpoint expects '{ckpt.units}'",
+                             path=path, variable=variable,
+                             hint=f"set it (e.g. ncatted -a units,{variable},o,c,{ckpt.units})")
+        this = check_trained_for(ckpt.contents, ckpt.path, units=str(units).strip(), data=path,
+                                 terrain=ckpt.is_terrain, variable=variable,
+                                 standard_name=attrs.get("standard_name"), convert_units=True)
+        if conversion is not None and this is not None and (
+                (this.scale, this.offset) != (conversion.scale, conversion.offset)):
+            raise InputError(f"units '{this.source}' differ from '{conversion.source}' of "
+                             f"{paths[0]}", path=path, variable=variable,
+                             hint="convert the files to one unit, or run them separately")
+        conversion = conversion or this
+    return conversion
+
+
+def run_attrs(units: UnitConversion | None, spacing_note: str | None = None,
+              regrid_note: str | None = None) -> dict[str, str]:
+    """Global attributes saying what was done to the inputs before the model saw them.
+
+    Args:
+        units: The units conversion (``downscale_units_conversion``), if any.
+        spacing_note: Where the model ran at another spacing than it learned
+            (``downscale_spacing``, :func:`downscale.spacing.check_spacing`).
+        regrid_note: Where it ran on inputs remapped onto its spacing
+            (``downscale_regrid``, :func:`downscale.regrid.regrid_for_model`).
+    """
+    attrs = {}
+    if units is not None and not units.is_identity:
+        attrs["downscale_units_conversion"] = units.describe()
+    if spacing_note:
+        attrs["downscale_spacing"] = spacing_note
+    if regrid_note:
+        attrs["downscale_regrid"] = regrid_note
+    return attrs
+
+
 @functools.lru_cache(maxsize=2)
 def covariate_on(path: str, variable: str | None, factor: int, y_bnds: bytes, x_bnds: bytes
                  ) -> StaticCovariate:
@@ -111,7 +161,7 @@ def covariate_on(path: str, variable: str | None, factor: int, y_bnds: bytes, x_
     Read once per process; :func:`downscale.data.covariate.load_covariate` checks its grid.
     """
     from downscale.data.covariate import load_covariate
-    from downscale.inference import fine_bounds
+    from downscale.grid import fine_bounds
 
     def fine(raw: bytes) -> NDArray[np.float64]:
         return fine_bounds(np.frombuffer(raw, dtype=np.float64).reshape(-1, 2), factor)

@@ -26,6 +26,7 @@ from downscale.errors import InputError
 from downscale.grid import horizontal_dims
 
 if TYPE_CHECKING:
+    from downscale.units import UnitConversion
     from downscale.writers import NetCDFWriter, ZarrWriter
 
 #: ``--time-chunk auto`` puts about this many bytes of fine output in a chunk.
@@ -52,6 +53,8 @@ class Job:
         task: The checkpoint's task (:attr:`CheckpointInfo.task`).
         covariate: The static fine-grid covariate file, for a model trained with one.
         covariate_variable: Its variable.
+        units: How the inputs' values reach the model's units and the prediction comes
+            back in theirs (:mod:`downscale.units`); None: the same units.
     """
 
     checkpoint: str
@@ -67,6 +70,7 @@ class Job:
     task: str = "DownscalingTask"
     covariate: str | None = None
     covariate_variable: str | None = None
+    units: UnitConversion | None = None
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,10 @@ class OutputPlan:
 
 @functools.lru_cache(maxsize=8)
 def field_source(inputs: tuple[str, ...], variable: str) -> Any:
-    """The inputs as a :class:`~downscale.data.source.FieldSource` (own handles per process)."""
-    from downscale.data.source import FieldSource
+    """The inputs as a :class:`~downscale.data.source.FieldSource`, opened once per process."""
+    from downscale.data.source import shared_source
 
-    return FieldSource(list(inputs), variable, 1, crop=False)
+    return shared_source(inputs, variable)
 
 
 def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.Dataset:
@@ -111,14 +115,10 @@ def fine_template(coarse: xr.Dataset, factor: int, start: int, stop: int) -> xr.
     (with its encoding: units, calendar) and the dataset's attributes are kept.
     """
     from downscale.conventions import conventions_of, with_conventions
-    from downscale.inference import fine_bounds
+    from downscale.grid import nested_fine_coords
 
-    ydim, xdim = horizontal_dims(coarse)
-    coords: dict[str, Any] = {"time": coarse["time"].isel(time=slice(start, stop))}
-    for dim in (ydim, xdim):
-        bnds = fine_bounds(coarse[f"{dim}_bnds"].values, factor)
-        coords[dim] = (dim, bnds.mean(axis=1), dict(coarse[dim].attrs))
-        coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
+    coords: dict[str, Any] = {"time": coarse["time"].isel(time=slice(start, stop)),
+                              **nested_fine_coords(coarse, factor)}
     fine = xr.Dataset(coords=coords, attrs=dict(coarse.attrs))
     return with_conventions(fine, conventions_of(coarse))  # the output keeps the input's
 

@@ -17,7 +17,7 @@ takes the parent's shift back to the file's longitude range (a whole number of t
 is ordered by the parent's position in the file, then by its own coordinate in the file's
 direction. When the fine grid nests in the recorded one (the recorded grid is the coarse
 input, or the fine grid itself), its bounds are computed afresh from the file's own bounds
-with :func:`downscale.inference.fine_bounds`: a 0..360 grid gets exactly the fine
+with :func:`downscale.grid.fine_bounds`: a 0..360 grid gets exactly the fine
 coordinates a 0..360 computation gives, not shifted and rounded ones.
 
 Modules: :mod:`~downscale.conventions.record` (what the input looks like, taken when it is

@@ -96,7 +96,7 @@ def user_layout(grid: xr.Dataset, record: FieldConventions) -> UserLayout:
         grid: A Dataset in normalised form with ``<dim>_bnds`` coordinates: the fine grid.
         record: The input's conventions.
     """
-    from downscale.inference import fine_bounds  # torch: only for writing, not for reading
+    from downscale.grid import fine_bounds
 
     horizontal = horizontal_dims(grid)  # (y, x): the order of the values' last two axes
     layout = UserLayout(dims=record.dims, names=dict(record.names), order={}, centres={},

@@ -18,8 +18,9 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
-from downscale.aggregate import area_weighted_block_mean, coarse_bounds
+from downscale.aggregate import area_weighted_block_mean
 from downscale.data.source import FieldSource
+from downscale.grid import coarse_bounds
 
 Chunk = dict[str, Any]
 

@@ -16,6 +16,7 @@ from downscale.data.samples import RandomPatchDataset, Sample, TileDataset
 from downscale.data.source import STEP_CACHE_MB, FieldSource, NormStats
 from downscale.errors import InputError
 from downscale.grid import nesting_factor
+from downscale.spacing import GridSpacing, coarse_spacing
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,18 @@ class DownscalingDataModule(L.LightningDataModule):
         """Saved in checkpoints: statistics and what the model was trained on."""
         state = {"stats": None if self.stats is None else self.stats.as_dict(),
                  "variable": self.variable, "factor": self.factor,
-                 "units": self.variable_attrs.get("units")}
+                 "units": self.variable_attrs.get("units"),
+                 "standard_name": self.variable_attrs.get("standard_name"),
+                 "coarse_spacing": self._coarse_spacing().as_dict()}
         if self.covariate is not None:
             state["covariate"] = self.covariate.describe()
         return state
+
+    def _coarse_spacing(self) -> GridSpacing:
+        """The coarse grid's spacing: the coarse file's, or the fine grid's times the factor."""
+        if self.coarse_source is not None:
+            return coarse_spacing(self.coarse_source.dataset)
+        return coarse_spacing(self.source.dataset, self.factor)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("stats"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -202,3 +203,30 @@ class FieldSource:
         mean = total / count
         std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
         return NormStats(float(mean), std if std > 0 else 1.0), np.asarray(ever_valid)
+
+
+def shared_source(paths: Sequence[str], variable: str) -> FieldSource:
+    """The uncropped :class:`FieldSource` of ``paths`` shared by every caller in a process.
+
+    ``downscale run`` needs the same input in its checks, its output plan and each chunk it
+    computes; opening and normalising a file costs about 0.1 s, a large share of a small
+    run, so each process opens it once. The key holds each file's size and modification
+    time, so a file rewritten in place (tests, a rerun in one session) is opened afresh.
+    """
+    resolved = tuple(resolve_path(str(p)) for p in paths)
+    return _shared_source(resolved, variable, tuple(_identity(p) for p in resolved))
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:  # missing: opening it says so in one line
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_source(paths: tuple[str, ...], variable: str,
+                   identity: tuple[tuple[int, int] | None, ...]) -> FieldSource:
+    del identity  # only part of the cache key
+    return FieldSource(list(paths), variable, 1, crop=False)

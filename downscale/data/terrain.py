@@ -30,6 +30,7 @@ from downscale.dem import open_dem
 from downscale.dem_grid import dem_slope, dem_variable, grid_spacing, subdivide_grid
 from downscale.errors import InputError
 from downscale.grid import horizontal_dims
+from downscale.spacing import coarse_spacing
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +287,13 @@ class TerrainDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: statistics and what the model was trained on."""
-        return {"stats": None if self.stats is None else self.stats.as_dict(),
-                "variable": self.regions["train"].variable if self.regions else None,
-                "factor": self.factor, "units": "m"}
+        state = {"stats": None if self.stats is None else self.stats.as_dict(),
+                 "variable": self.regions["train"].variable if self.regions else None,
+                 "factor": self.factor, "units": "m", "standard_name": "surface_altitude"}
+        if self.regions:  # the DEM's coarse spacing (:mod:`downscale.spacing`)
+            state["coarse_spacing"] = coarse_spacing(self.regions["train"].dataset,
+                                                     self.factor).as_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("stats"):

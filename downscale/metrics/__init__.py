@@ -14,9 +14,13 @@ One module per job:
   docs/method.md#artifacts, phase imbalance and spectral alias power;
 - :mod:`~downscale.metrics.equivariance`: spectral replica leakage and translation
   equivariance of an upsampler;
-- :mod:`~downscale.metrics.skill`: RMSE, MAE, bias, latitude-weighted RMSE;
+- :mod:`~downscale.metrics.skill`: RMSE, MAE, bias, area-weighted RMSE (exact cell
+  areas; :func:`rmse_xr` by dimension name);
 - :mod:`~downscale.metrics.terrain`: slope limits and slope distributions
-  (docs/method.md#terrain).
+  (docs/method.md#terrain);
+- :mod:`~downscale.metrics.epoch`: the same metrics as torchmetrics ``Metric``s whose states
+  are these per-chunk parts, reduced over a training epoch and across DDP processes (torch;
+  import it by name: importing :mod:`downscale.metrics` does not import torch).
 
 The kernel diagnostics (:func:`phase_coverage`, :func:`phase_weight_sums`,
 :func:`zero_insertion`) live in :mod:`downscale.nn.diagnostics`; they stay importable from
@@ -37,9 +41,18 @@ from downscale.metrics.conservation import (
     conservation_sums,
 )
 from downscale.metrics.equivariance import equivariance_error, spectral_replica_leakage
-from downscale.metrics.skill import bias, lat_weighted_rmse, mae, rmse
+from downscale.metrics.skill import (
+    area_weighted_rmse,
+    bias,
+    lat_weighted_rmse,
+    mae,
+    rmse,
+    rmse_xr,
+    weighted_squared_error_sums,
+)
 from downscale.metrics.terrain import (
     slope_angle_percentile,
+    slope_violation_counts,
     slope_violation_fraction,
     slope_wasserstein_distance,
 )
@@ -54,6 +67,7 @@ _FROM_NN_DIAGNOSTICS = ("phase_coverage", "phase_weight_sums", "zero_insertion")
 __all__ = [
     "ConservationError",
     "ConservationSums",
+    "area_weighted_rmse",
     "bias",
     "checkerboard_index",
     "conservation_error",
@@ -65,11 +79,14 @@ __all__ = [
     "phase_coverage",
     "phase_weight_sums",
     "rmse",
+    "rmse_xr",
     "slope_angle_percentile",
+    "slope_violation_counts",
     "slope_violation_fraction",
     "slope_wasserstein_distance",
     "spectral_artifact_index",
     "spectral_replica_leakage",
+    "weighted_squared_error_sums",
     "zero_insertion",
 ]
 

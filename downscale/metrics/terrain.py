@@ -25,13 +25,28 @@ def slope_violation_fraction(slope: ArrayLike, theta_max_deg: float) -> float:
     Raises:
         ValueError: If ``theta_max_deg`` is not in ``(0, 90)``.
     """
+    over, total = slope_violation_counts(slope, theta_max_deg)
+    return over / total if total else math.nan
+
+
+def slope_violation_counts(slope: ArrayLike, theta_max_deg: float) -> tuple[int, int]:
+    """The per-chunk step of :func:`slope_violation_fraction`: summable counts.
+
+    Args:
+        slope: Slope magnitudes (m/m), any shape; NaN = undefined, left out.
+        theta_max_deg: The limit in degrees, ``0 < theta_max_deg < 90``.
+
+    Returns:
+        ``(cells steeper than the limit, finite cells)``; add them over chunks and divide.
+
+    Raises:
+        ValueError: If ``theta_max_deg`` is not in ``(0, 90)``.
+    """
     if not 0.0 < theta_max_deg < 90.0:
         raise ValueError(f"theta_max_deg must be in (0, 90) degrees, got {theta_max_deg}")
     values = np.asarray(slope, dtype=np.float64)
     values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan
-    return float(np.mean(values > math.tan(math.radians(theta_max_deg))))
+    return int((values > math.tan(math.radians(theta_max_deg))).sum()), int(values.size)
 
 
 def slope_wasserstein_distance(slope: ArrayLike, reference: ArrayLike, *,

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
-from downscale.baselines import UpsamplingMethod, upsample
-from downscale.checkpoint import check_trained_for
-from downscale.metrics import (
-    bias,
-    checkerboard_index,
-    conservation_error,
-    mae,
-    rmse,
-    spectral_artifact_index,
+from downscale.baselines import UpsamplingMethod
+from downscale.metrics.epoch import (
+    BaselineRMSE,
+    CellErrors,
+    CellRMSE,
+    CheckerboardIndex,
+    Conservation,
+    SpectralArtifactIndex,
 )
 from downscale.nn.conserving import ConstraintMode
 from downscale.nn.mitigations import (
@@ -26,33 +24,25 @@ from downscale.nn.mitigations import (
     transposed_kernels,
 )
 from downscale.nn.models import ClimateDownscaler
-from downscale.tasks.common import take_training_stats
+from downscale.tasks.base import BaseTask
 
 
-def evaluation_metrics(batch: dict[str, Tensor], pred: Tensor, factor: int) -> dict[str, float]:
-    """Validation/test figures of one batch of whole fields or tiles, against the baselines.
+def evaluation_metrics(factor: int) -> dict[str, Metric]:
+    """The validation/test metrics of a climate variable, by logged name (no stage prefix).
 
-    Returns skill (``mae``, ``bias``), exact conservation (``conservation_max_rel``,
-    ``conservation_global_rel``), artifacts (``checkerboard_index``,
-    ``spectral_artifact_db``) and ``rmse_<baseline>`` for bilinear, bicubic and
-    piecewise-constant upsampling of the same coarse input.
+    ``rmse``, and ``mae`` and ``bias`` over all valid cells (variable units); exact
+    conservation (``conservation_max_rel``, ``conservation_global_rel``); artifacts
+    (``checkerboard_index``, ``spectral_artifact_db``); ``rmse_<baseline>`` of bilinear,
+    bicubic and piecewise-constant upsampling of the same coarse input. Each is a
+    :mod:`downscale.metrics.epoch` metric, reduced over the whole epoch.
     """
-    coarse = batch["coarse"].double().cpu().numpy()
-    area = batch["fine_area"][0, 0].double().cpu().numpy()
-    truth = batch["fine"].double().cpu().numpy()
-    fine = pred.detach().double().cpu().numpy()
-    periodic = bool(batch["periodic"].all())
-    valid = batch["fine_valid"].cpu().numpy()
-    err = conservation_error(fine, coarse, area, factor)
-    out = {"mae": mae(fine, truth), "bias": bias(fine, truth),
-           "conservation_max_rel": err.max_rel, "conservation_global_rel": err.global_rel,
-           "checkerboard_index": float(np.nanmean([checkerboard_index(f[0], factor)
-                                                   for f in fine])),
-           "spectral_artifact_db": spectral_artifact_index(fine[:, 0], factor)}
+    metrics: dict[str, Metric] = {
+        "rmse": CellRMSE(), "errors": CellErrors(), "conservation": Conservation(factor),
+        "checkerboard_index": CheckerboardIndex(factor),
+        "spectral_artifact_db": SpectralArtifactIndex(factor)}
     for method in UpsamplingMethod:
-        baseline = upsample(coarse, factor, method, periodic=periodic, fine_valid=valid)
-        out[f"rmse_{method.value}"] = rmse(baseline, truth)
-    return {k: v for k, v in out.items() if np.isfinite(v)}
+        metrics[f"rmse_{method.value}"] = BaselineRMSE(factor, method)
+    return metrics
 
 
 def _unconfigured_modules(**modules: object) -> list[str]:
@@ -75,7 +65,7 @@ def _unconfigured_modules(**modules: object) -> list[str]:
             and (given is None or isinstance(given.get(name), torch.nn.Module))]
 
 
-class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[misc]
+class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
     """Learn to downscale one variable by an integer factor, conserving mass exactly.
 
     The model and its forward pass are :class:`~downscale.nn.models.ClimateDownscaler`'s
@@ -85,7 +75,8 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
     The loss is the mean squared error in normalised units over valid fine cells. Logged:
     ``{train,val,test}_loss`` and ``_rmse`` (variable units); at validation and test also
     the figures of :func:`evaluation_metrics` (skill, exact conservation, checkerboard and
-    spectral artifact indices, and the RMSE of the baselines on the same tiles).
+    spectral artifact indices, and the RMSE of the baselines on the same tiles), each over
+    the whole epoch (:class:`~downscale.tasks.base.BaseTask`).
 
     Args:
         factor: Upsampling factor; linked from the DataModule by the CLI.
@@ -125,53 +116,39 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
         super().__init__(factor, hidden_channels, coarse_blocks, fine_blocks, constraint,
                          phase_balanced, decoder, covariate_channels)
         self.save_hyperparameters(ignore=_unconfigured_modules(decoder=decoder))
-        self.lr, self.weight_decay = lr, weight_decay
         if not sobolev_weight >= 0:
             raise DecoderConfigError(f"sobolev_weight must be >= 0, got {sobolev_weight}")
         self.sobolev_weight = sobolev_weight
-        self.data_info: dict[str, Any] = {}
+        self.configure_task(lr, weight_decay)
 
-    def _predict_batch(self, batch: dict[str, Tensor]) -> Tensor:
+    def evaluation_metrics(self) -> dict[str, Metric]:
+        return evaluation_metrics(self.factor)
+
+    def predict_fine(self, batch: dict[str, Tensor], seed: int | None = None) -> Tensor:
         out: Tensor = self(batch["coarse"], batch["fine_area"], batch["fine_valid"],
                            bool(batch["periodic"].all()), batch.get("covariate"))
         return out
 
-    # -- training and evaluation -------------------------------------------------------------
-    def _loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    #: The name tests of the tiler compare against (the step's forward pass).
+    _predict_batch = predict_fine
+
+    def losses(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``loss``: the mean squared error over valid cells, in normalised units."""
+        target = batch["fine"]
         mask = torch.isfinite(target) & torch.isfinite(pred)
         diff = (pred - target)[mask]
         if diff.numel() == 0:  # a patch of land only: nothing to learn from
-            zero = pred.nan_to_num().sum() * 0.0
-            return zero, zero
-        mse = (diff**2).mean()
-        return mse / self.norm_std.square().mean(), mse.sqrt()
+            return {"loss": pred.nan_to_num().sum() * 0.0}
+        return {"loss": (diff**2).mean() / self.norm_std.square().mean()}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        pred = self._predict_batch(batch)
-        loss, rmse = self._loss(pred, batch["fine"])
-        n = batch["fine"].shape[0]
-        self.log("train_loss", loss, prog_bar=True, batch_size=n)
-        self.log("train_rmse", rmse, batch_size=n)
+        """The base's step, plus the Sobolev penalty (logged as ``train_sobolev``)."""
+        loss: Tensor = super().training_step(batch, batch_idx)
         if self.sobolev_weight > 0:
             penalty = transposed_kernel_penalty(transposed_kernels(self.decoder))
-            self.log("train_sobolev", penalty, batch_size=n)
+            self.log("train_sobolev", penalty, batch_size=batch["fine"].shape[0])
             loss = loss + self.sobolev_weight * penalty.to(loss)
         return loss
-
-    def _evaluate(self, batch: dict[str, Tensor], prefix: str) -> None:
-        pred = self._predict_batch(batch)
-        loss, rmse = self._loss(pred, batch["fine"])
-        n = batch["fine"].shape[0]
-        self.log(f"{prefix}_loss", loss, prog_bar=prefix == "val", batch_size=n, sync_dist=True)
-        self.log(f"{prefix}_rmse", rmse, prog_bar=prefix == "val", batch_size=n, sync_dist=True)
-        for name, value in evaluation_metrics(batch, pred, self.factor).items():
-            self.log(f"{prefix}_{name}", value, batch_size=n, sync_dist=True)
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """A whole coarse time chunk downscaled by the one tiler (as ``downscale run``)."""
@@ -179,25 +156,23 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
 
         return downscale_chunk(self, batch, self.factor)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.lr,
-                                 weight_decay=self.weight_decay)
-
-    # -- normalisation and checkpoint metadata ---------------------------------------------
+    # -- data and checkpoint metadata --------------------------------------------------------
     def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        self.data_info = take_training_stats(self.norm_mean, self.norm_std, datamodule) or (
-            self.data_info)
-        if self.data_info.get("variable"):
-            self.variables = (str(self.data_info["variable"]),)
-        covariate = getattr(datamodule, "covariate", None)
+        """The base's statistics, the variable's name and the covariate's statistics."""
+        super().on_fit_start()
+        self._take_variable()
+        covariate = getattr(self.trainer_datamodule, "covariate", None)
         if covariate is not None:
             self.covariate_mean.fill_(covariate.mean)
             self.covariate_std.fill_(covariate.std)
 
+    def _take_variable(self) -> None:
+        if self.data_info.get("variable"):
+            self.variables = (str(self.data_info["variable"]),)
+
     def setup(self, stage: str) -> None:
         """Check (after the DataModule's setup) that data and model agree on a covariate."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        datamodule = self.trainer_datamodule
         if datamodule is None or not hasattr(datamodule, "covariate_path"):
             return
         covariate = getattr(datamodule, "covariate", None)
@@ -209,26 +184,20 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
                 f"{int(covariate is not None)} (or {'drop' if covariate is not None else 'set'}"
                 " data.init_args.covariate_path).")
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["downscale_data"] = self.data_info
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint trained for another factor, variable or units, before loading.
-
-        The messages name the checkpoint file and the data files, so that the user sees
-        which of the two to change (:func:`downscale.checkpoint.check_trained_for`).
-        """
-        trainer = getattr(self, "_trainer", None)
-        where = str(getattr(trainer, "ckpt_path", None) or "checkpoint")
-        datamodule = getattr(trainer, "datamodule", None)
+    def trained_for(self) -> dict[str, Any]:
+        """Factor, covariates, variable and units; the messages name the data files."""
+        datamodule = self.trainer_datamodule
         checks: dict[str, Any] = {"factor": self.factor,
                                   "covariate_channels": self.covariate_channels,
                                   "variable": getattr(datamodule, "variable", None)}
         if datamodule is not None and hasattr(datamodule, "variable_attrs"):
             paths = ", ".join(getattr(getattr(datamodule, "source", None), "paths", []))
             checks.update(units=datamodule.variable_attrs.get("units"),
+                          standard_name=datamodule.variable_attrs.get("standard_name"),
                           data=paths or "the data")
-        check_trained_for(checkpoint, where, **checks)
-        self.data_info = checkpoint.get("downscale_data", {})
-        if self.data_info.get("variable"):
-            self.variables = (str(self.data_info["variable"]),)
+        return checks
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The base's check (factor, variable, units, covariates), then the variable's name."""
+        super().on_load_checkpoint(checkpoint)
+        self._take_variable()

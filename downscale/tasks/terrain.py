@@ -1,71 +1,62 @@
 """TerrainTask: trains the slope-penalized terrain generator on coarse/fine DEM pairs.
 
-Also the helpers that the notebook, the tests and ``pipelines/terrain_acceptance.py``
-share: :func:`train_terrain` (a short, seeded fit without logs or checkpoints) and
-:func:`generate_terrain` (generate one region and score it, :class:`TerrainResult`).
+The short fits and their evaluation (:func:`train_terrain`, :func:`generate_terrain`,
+:func:`compare_slope_penalty`) live in :mod:`downscale.tasks.terrain_fit`; they stay
+importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
-import lightning as L
-import numpy as np
 import torch
-from numpy.typing import NDArray
 from torch import Tensor
+from torchmetrics import Metric
 
-from downscale.checkpoint import check_trained_for, model_upgrades
-from downscale.losses import slope, slope_penalty
-from downscale.metrics import (
-    checkerboard_index,
-    conservation_error,
-    rmse,
-    slope_violation_fraction,
-    slope_wasserstein_distance,
+from downscale.checkpoint import model_upgrades
+from downscale.losses import slope_penalty
+from downscale.metrics.epoch import (
+    CellRMSE,
+    CheckerboardIndex,
+    Conservation,
+    SlopeViolationFraction,
+    SlopeWasserstein,
 )
 from downscale.nn.models import TerrainDownscaler
-from downscale.tasks.common import take_training_stats
+from downscale.tasks.base import BaseTask, batch_figures
 
-if TYPE_CHECKING:
-    from downscale.data.terrain import TerrainDataModule
+#: Names that moved to :mod:`downscale.tasks.terrain_fit`, loaded from there on first use.
+_FROM_TERRAIN_FIT = ("PenaltyComparison", "TerrainResult", "compare_slope_penalty",
+                     "generate_terrain", "train_terrain")
 
-FloatArray = NDArray[np.float64]
+
+def evaluation_metrics(factor: int, theta_max_deg: float) -> dict[str, Metric]:
+    """The validation/test metrics of generated terrain, by logged name (no stage prefix).
+
+    ``rmse`` (m), ``slope_violation_fraction`` (share of cells steeper than
+    ``theta_max_deg``) and the real terrain's own share ``real_slope_violation_fraction``,
+    ``slope_wasserstein`` (1-D Wasserstein distance between the generated and real slope
+    distributions, m/m), ``checkerboard_index`` (mean over samples) and
+    ``conservation_max_abs`` (largest error of a coarse cell's mean elevation, m). Each is
+    a :mod:`downscale.metrics.epoch` metric, reduced over the whole epoch.
+    """
+    return {"rmse": CellRMSE(),
+            "slope_violation_fraction": SlopeViolationFraction(theta_max_deg),
+            "real_slope_violation_fraction": SlopeViolationFraction(theta_max_deg, "target"),
+            "slope_wasserstein": SlopeWasserstein(),
+            "checkerboard_index": CheckerboardIndex(factor),
+            "conservation": Conservation(factor, errors=("max_abs",))}
 
 
 def terrain_metrics(pred: Tensor, batch: dict[str, Tensor], factor: int, theta_max_deg: float
                     ) -> dict[str, float]:
-    """Validation/test figures of one batch of generated terrain against the real DEM.
-
-    Returns ``rmse`` (m), ``slope_violation_fraction`` (share of cells steeper than
-    ``theta_max_deg``) and the real terrain's own share ``real_slope_violation_fraction``,
-    ``slope_wasserstein`` (1-D Wasserstein distance between the generated and real slope
-    distributions, m/m), ``checkerboard_index`` (mean over samples) and
-    ``conservation_max_abs`` (largest error of a coarse cell's mean elevation, m).
-    """
-    fine, truth = pred.detach().double(), batch["fine"].double()
-    dy, dx = batch["dy"].double(), batch["dx"].double()
-    generated = slope(fine, dy, dx).cpu().numpy()
-    real = slope(truth, dy, dx).cpu().numpy()
-    fine_np, truth_np = fine.cpu().numpy(), truth.cpu().numpy()
-    area = batch["fine_area"][0, 0].double().cpu().numpy()
-    err = conservation_error(fine_np, batch["coarse"].double().cpu().numpy(), area, factor)
-    out = {"rmse": rmse(fine_np, truth_np),
-           "slope_violation_fraction": slope_violation_fraction(generated, theta_max_deg),
-           "real_slope_violation_fraction": slope_violation_fraction(real, theta_max_deg),
-           "slope_wasserstein": slope_wasserstein_distance(generated, real),
-           "checkerboard_index": float(np.nanmean([checkerboard_index(f[0], factor)
-                                                   for f in fine_np])),
-           "conservation_max_abs": err.max_abs}
-    return {k: v for k, v in out.items() if np.isfinite(v)}
+    """The figures of :func:`evaluation_metrics` of one batch of generated terrain."""
+    return batch_figures(evaluation_metrics(factor, theta_max_deg),
+                         **BaseTask.metric_inputs(pred, batch))
 
 
-class TerrainTask(TerrainDownscaler, L.LightningModule):  # type: ignore[misc]
+class TerrainTask(TerrainDownscaler, BaseTask):  # type: ignore[misc]
     """Learn to generate fine terrain from coarse elevation, with a slope penalty.
 
     The model and its forward pass are :class:`~downscale.nn.models.TerrainDownscaler`'s
@@ -79,7 +70,7 @@ class TerrainTask(TerrainDownscaler, L.LightningModule):  # type: ignore[misc]
     noise input adds no variety yet.
 
     Logged: ``{train,val,test}_loss``, ``_rmse`` (m) and ``_slope_penalty``; at validation
-    and test also the figures of :func:`terrain_metrics`.
+    and test also the figures of :func:`evaluation_metrics`, over the whole epoch.
 
     Args:
         factor: Upsampling factor; linked from the DataModule by the CLI.
@@ -117,8 +108,10 @@ class TerrainTask(TerrainDownscaler, L.LightningModule):  # type: ignore[misc]
                          conserve, noise_seed, relief_radius)
         self.save_hyperparameters()
         self.theta_max_deg, self.slope_weight = theta_max_deg, slope_weight
-        self.lr, self.weight_decay = lr, weight_decay
-        self.data_info: dict[str, Any] = {}
+        self.configure_task(lr, weight_decay)
+
+    def evaluation_metrics(self) -> dict[str, Metric]:
+        return evaluation_metrics(self.factor, self.theta_max_deg)
 
     def generate(self, batch: dict[str, Tensor], seed: int | None = None) -> Tensor:
         """Generate the fine terrain of a batch, unmasked (every fine cell of a valid coarse cell).
@@ -132,261 +125,44 @@ class TerrainTask(TerrainDownscaler, L.LightningModule):  # type: ignore[misc]
             area, dtype=torch.bool), periodic, noise=self.draw_noise(area, seed))
         return out
 
-    # -- training and evaluation -------------------------------------------------------------
-    def _losses(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def predict_fine(self, batch: dict[str, Tensor], seed: int | None) -> Tensor:
+        """:meth:`generate`; the noise of an evaluation batch is ``noise_seed + seed``."""
+        return self.generate(batch, None if seed is None else self.noise_seed + seed)
+
+    def losses(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``loss`` (normalised squared error plus the weighted penalty), ``slope_penalty``."""
         target = batch["fine"]
         mask = torch.isfinite(target) & torch.isfinite(pred)
         diff = (pred - target)[mask]
         mse = (diff**2).mean() if diff.numel() else pred.nan_to_num().sum() * 0.0
         penalty = slope_penalty(pred, batch["dy"], batch["dx"], self.theta_max_deg)
         reconstruction = mse / self.norm_std.square().mean()
-        return {"loss": reconstruction + self.slope_weight * penalty, "rmse": mse.sqrt(),
-                "slope_penalty": penalty}
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        losses = self._losses(self.generate(batch), batch)
-        n = batch["fine"].shape[0]
-        self.log("train_loss", losses["loss"], prog_bar=True, batch_size=n)
-        self.log("train_rmse", losses["rmse"], batch_size=n)
-        self.log("train_slope_penalty", losses["slope_penalty"], batch_size=n)
-        return losses["loss"]
-
-    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, prefix: str) -> None:
-        pred = self.generate(batch, self.noise_seed + batch_idx)
-        n = batch["fine"].shape[0]
-        for name, value in self._losses(pred, batch).items():
-            self.log(f"{prefix}_{name}", value, prog_bar=prefix == "val" and name != "rmse",
-                     batch_size=n, sync_dist=True)
-        for name, number in terrain_metrics(pred, batch, self.factor,
-                                            self.theta_max_deg).items():
-            if name != "rmse":  # logged above, from the loss
-                self.log(f"{prefix}_{name}", number, batch_size=n, sync_dist=True)
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
+        return {"loss": reconstruction + self.slope_weight * penalty, "slope_penalty": penalty}
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return {"prediction": self.generate(batch, self.noise_seed + batch_idx),
+        return {"prediction": self.predict_fine(batch, batch_idx),
                 "time": batch["time"], "y0": batch["y0"], "x0": batch["x0"]}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    # -- checkpoint metadata -----------------------------------------------------------------
+    def trained_for(self) -> dict[str, Any]:
+        """The factor, and elevation in metres.
 
-    # -- normalisation and checkpoint metadata ---------------------------------------------
-    def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        self.data_info = take_training_stats(self.norm_mean, self.norm_std, datamodule) or (
-            self.data_info)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["downscale_data"] = self.data_info
+        The variable's name may differ: a generator trained on one DEM applies to another.
+        """
+        datamodule = self.trainer_datamodule
+        units = getattr(datamodule, "variable_attrs", {}).get("units") if datamodule else None
+        return {"factor": self.factor, "units": units, "terrain": True}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint trained for another factor, before loading it.
-
-        The variable name may differ (a generator trained on one DEM applies to another);
-        both must be elevations in metres (:func:`downscale.checkpoint.check_trained_for`).
-        A generator saved before local relief keeps its field-mean relief.
-        """
-        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
-        units = getattr(datamodule, "variable_attrs", {}).get("units") if datamodule else None
-        check_trained_for(checkpoint, "checkpoint", factor=self.factor, units=units,
-                          terrain=True)
+        """The base's check; a generator saved before local relief keeps its field-mean relief."""
+        super().on_load_checkpoint(checkpoint)
         for name, value in model_upgrades(checkpoint.get("hyper_parameters", {}),
                                           "TerrainTask").items():
             setattr(self, name, value)
-        self.data_info = checkpoint.get("downscale_data", {})
 
 
-# ---------------------------------------------------------------------------------------
-# Short fits and evaluation (notebook, tests, acceptance pipeline)
-# ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's banner and its advice on DataLoader workers for a short fit."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*treespec.*deprecated.*")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def train_terrain(datamodule: TerrainDataModule, *, max_steps: int = 200, seed: int = 0,
-                  accelerator: str = "cpu", num_threads: int | None = 1, **task_args: Any
-                  ) -> TerrainTask:
-    """Fit a :class:`TerrainTask` for ``max_steps`` optimiser steps, seeded, without logs.
-
-    Args:
-        datamodule: A :class:`~downscale.data.TerrainDataModule` (its ``factor`` is used).
-        max_steps: Optimiser steps (batches).
-        seed: Seeds the weights, the patches' order and the training noise.
-        accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``).
-        num_threads: CPU threads for the fit (restored afterwards); None keeps torch's.
-            One by default: on patches this small, synchronising threads costs more than
-            it saves (tens of times more on a busy machine).
-        **task_args: Arguments of :class:`TerrainTask` (``theta_max_deg``,
-            ``slope_weight``, ``hidden_channels``, ...).
-
-    Returns:
-        The trained task, in evaluation mode.
-
-    """
-    L.seed_everything(seed, verbose=False)
-    task = TerrainTask(factor=datamodule.factor, **task_args)
-    with _quiet_lightning(), _cpu_threads(num_threads):
-        trainer = L.Trainer(max_steps=max_steps, max_epochs=-1, accelerator=accelerator,
-                            devices=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0, num_sanity_val_steps=0)
-        trainer.fit(task, datamodule=datamodule)
-    return task.eval()
-
-
-@dataclass(frozen=True)
-class TerrainResult:
-    """Generated and real terrain of one region, with their slopes.
-
-    Attributes:
-        prediction: Generated elevation (m), ``(H, W)``.
-        truth: Real elevation (m), ``(H, W)``; NaN where there is none.
-        coarse: The coarse input (m), ``(H / factor, W / factor)``.
-        slope: Slope magnitude of the generated terrain (m/m), ``(H, W)``.
-        true_slope: Slope magnitude of the real terrain (m/m), ``(H, W)``.
-        dy: Row spacing (m), ``(H, 1)``.
-        dx: Column spacing per row (m), ``(H, 1)``.
-        factor: Upsampling factor.
-
-    """
-
-    prediction: FloatArray
-    truth: FloatArray
-    coarse: FloatArray
-    slope: FloatArray
-    true_slope: FloatArray
-    dy: FloatArray
-    dx: FloatArray
-    factor: int
-
-    def scores(self, theta_max_deg: float) -> dict[str, float]:
-        """The region's figures against the real terrain.
-
-        Returns:
-            ``rmse_m`` (m), ``violation_fraction`` and ``real_violation_fraction`` (shares
-            of cells steeper than ``theta_max_deg``), ``slope_wasserstein`` (m/m) and
-            ``checkerboard_index``.
-        """
-        return {"rmse_m": rmse(self.prediction, self.truth),
-                "violation_fraction": slope_violation_fraction(self.slope, theta_max_deg),
-                "real_violation_fraction": slope_violation_fraction(self.true_slope,
-                                                                    theta_max_deg),
-                "slope_wasserstein": slope_wasserstein_distance(self.slope, self.true_slope),
-                "checkerboard_index": checkerboard_index(self.prediction, self.factor)}
-
-
-@torch.no_grad()
-def generate_terrain(task: TerrainTask, datamodule: TerrainDataModule, split: str = "test"
-                     ) -> TerrainResult:
-    """Generate one whole region of a :class:`~downscale.data.TerrainDataModule`.
-
-    Args:
-        task: A trained task (its normalisation travels with it).
-        datamodule: The DataModule; ``setup()`` is called if needed. Its ``tile_size``
-            must be None (whole regions).
-        split: ``train``, ``val``, ``test``, ``heldout`` or ``all``.
-
-    Returns:
-        The generated and real terrain of the region, in float64.
-
-    """
-    if datamodule.tile_size is not None:
-        raise ValueError("generate_terrain needs whole regions: set tile_size=None")
-    datamodule.setup()
-    sample = datamodule.tiles(split)[0]
-    batch = {k: v[None].to(task.device) for k, v in sample.items()}
-    task.eval()
-    pred = task.generate(batch, task.noise_seed).double()
-    dy, dx = batch["dy"].double(), batch["dx"].double()
-
-    def numpy(t: Tensor) -> FloatArray:
-        return np.asarray(t.cpu().numpy()[0, 0], dtype=np.float64)
-
-    truth = batch["fine"].double()
-    return TerrainResult(prediction=numpy(pred), truth=numpy(truth),
-                         coarse=numpy(batch["coarse"].double()),
-                         slope=numpy(slope(pred, dy, dx)), true_slope=numpy(slope(truth, dy, dx)),
-                         dy=numpy(dy), dx=numpy(dx), factor=task.factor)
-
-
-
-@dataclass(frozen=True)
-class PenaltyComparison:
-    """Two generators trained alike, without and with the slope penalty.
-
-    Attributes:
-        theta_max_deg: The slope limit both are scored against (and the penalized one was
-            trained with), in degrees.
-        unpenalized: Trained with ``slope_weight = 0``.
-        penalized: Trained with the penalty.
-
-    """
-
-    theta_max_deg: float
-    unpenalized: TerrainTask
-    penalized: TerrainTask
-
-    def results(self, datamodule: TerrainDataModule, split: str = "heldout"
-                ) -> dict[str, TerrainResult]:
-        """Generated terrain of one region by both generators."""
-        return {"unpenalized": generate_terrain(self.unpenalized, datamodule, split),
-                "penalized": generate_terrain(self.penalized, datamodule, split)}
-
-    def scores(self, datamodule: TerrainDataModule, split: str = "heldout",
-               theta_max_deg: float | None = None) -> dict[str, dict[str, float]]:
-        """:meth:`TerrainResult.scores` of both on one region (at another limit if given)."""
-        theta = self.theta_max_deg if theta_max_deg is None else theta_max_deg
-        return {name: result.scores(theta)
-                for name, result in self.results(datamodule, split).items()}
-
-
-def compare_slope_penalty(datamodule: TerrainDataModule, *, theta_max_deg: float,
-                          slope_weight: float, max_steps: int = 200, seed: int = 0,
-                          **task_args: Any) -> PenaltyComparison:
-    """Train the same generator (same seed, data and steps) without and with the penalty.
-
-    Args:
-        datamodule: The training data.
-        theta_max_deg: The slope limit in degrees.
-        slope_weight: Weight of the penalty in the penalized run.
-        max_steps: Optimiser steps of each run.
-        seed: Seed of both runs.
-        **task_args: Further :class:`TerrainTask` arguments, the same for both.
-
-    Returns:
-        The two trained generators.
-
-    """
-    runs = {weight: train_terrain(datamodule, max_steps=max_steps, seed=seed,
-                                  theta_max_deg=theta_max_deg, slope_weight=weight, **task_args)
-            for weight in (0.0, slope_weight)}
-    return PenaltyComparison(theta_max_deg, runs[0.0], runs[slope_weight])
+def __getattr__(name: str) -> Any:
+    """Load the names that moved to :mod:`downscale.tasks.terrain_fit` on first use."""
+    if name in _FROM_TERRAIN_FIT:
+        return getattr(importlib.import_module("downscale.tasks.terrain_fit"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -99,9 +99,10 @@ def check(ctx: Context, *, coarse: Path | None = None, fine: Path, fragments: tu
 
 def run(ctx: Context, *inputs: Path, fragments: tuple[str, ...], checkpoint: Path | None = None,
         extra: tuple[str, ...] = ()) -> Call:
+    # The files here are on a 1-degree grid, not the checkpoint's coarse 5 x 7.5 degrees.
     return Call(["run", "--checkpoint", str(checkpoint or ctx.checkpoint), "--input",
                  *map(str, inputs), "--output", str(ctx.output), "--workers", "0",
-                 "--no-progress", *extra], fragments)
+                 "--no-progress", "--any-spacing", *extra], fragments)
 
 
 def fit(ctx: Context, *paths: Path, fragments: tuple[str, ...], extra: tuple[str, ...] = ()
@@ -235,7 +236,9 @@ def malicious_checkpoint(tmp: Path) -> tuple[Path, Path]:
 
 
 def _missing_variable(ctx: Context) -> dict[str, Call]:
-    return everywhere(ctx, ctx.nc("renamed.nc", variable="tas"), "variable not found", "tas")
+    # Another quantity: run would otherwise take 'tas' for the checkpoint's by its meaning.
+    path = ctx.nc("renamed.nc", variable="tas", attrs={"standard_name": "surface_temperature"})
+    return everywhere(ctx, path, "variable not found", "tas")
 
 
 def _missing_file(ctx: Context) -> dict[str, Call]:
@@ -377,9 +380,10 @@ def _not_nesting(ctx: Context) -> dict[str, Call]:
 
 def _units(ctx: Context) -> dict[str, Call]:
     celsius = ctx.nc("celsius.nc", units="degC", data=_data(7.0))
+    metres = ctx.nc("metres.nc", units="m")  # run converts degC to K; m has no conversion
     fine = _fine_of(ctx, "celsius_fine.nc", units="degC")
     return {"check": check(ctx, fine=fine, fragments=(str(fine), VARIABLE, "'degC'", "'K'")),
-            "run": run(ctx, celsius, fragments=(str(celsius), VARIABLE, "degC", "in K")),
+            "run": run(ctx, metres, fragments=(str(metres), VARIABLE, "is in m", "in K")),
             "fit": fit(ctx, _fine_of(ctx, "kelvin_fine.nc"), extra=(
                 "--data.coarse_path", str(celsius)), fragments=(str(celsius), VARIABLE,
                                                                 "'degC'", "'K'")),
@@ -418,7 +422,7 @@ def _manifest(ctx: Context) -> dict[str, Call]:
 
 
 def _other_variable(ctx: Context) -> dict[str, Call]:
-    path = ctx.nc("tas.nc", variable="tas")
+    path = ctx.nc("tas.nc", variable="tas", attrs={"standard_name": "surface_temperature"})
     return {"run": run(ctx, path, extra=("--variable", "tas"),
                        fragments=(str(ctx.checkpoint), f"trained for variable '{VARIABLE}'",
                                   "'tas'")),
@@ -476,7 +480,8 @@ CASES = [
     Case("projected y/x without units", _projected_without_units),
     Case("size not divisible by the factor (crop off)", _not_divisible),
     Case("coarse and fine grids do not nest", _not_nesting),
-    Case("unit mismatch (degC vs K)", _units),
+    Case("unit mismatch (degC vs K)", _units,
+         "run converts degC into K (and back): its row is a file in m, which has no conversion"),
     Case("no units attribute", _no_units),
     Case("mixed calendars across files", _calendars),
     Case("empty time selection", _empty_time, "only the Python API selects times"),

@@ -91,7 +91,8 @@ def test_bad_input_is_refused_in_one_line(case: Any, ctx: Context,
 def _run_values(ctx: Context, path: Path) -> xr.Dataset:
     out = ctx.tmp / f"{path.stem}_fine.nc"
     cli_main(["run", "--checkpoint", str(ctx.checkpoint), "--input", str(path), "--output",
-              str(out), "--workers", "0", "--no-progress", "--time-chunk", "1"])
+              str(out), "--workers", "0", "--no-progress", "--time-chunk", "1",
+              "--any-spacing"])  # 1-degree files; the checkpoint learned 5 x 7.5 degrees
     with xr.open_dataset(out) as ds:
         return ds.load()
 
