@@ -175,7 +175,8 @@ def test_malicious_checkpoint_payload_never_runs(ctx: Context) -> None:
 # -- a full disk, simulated (for real, on a tmpfs: tests/test_disk_full.py) --------------
 def _run_argv(ctx: Context) -> list[str]:
     return ["run", "--checkpoint", str(ctx.checkpoint), "--input", str(ctx.good), "--output",
-            str(ctx.output), "--workers", "0", "--no-progress", "--time-chunk", "1"]
+            str(ctx.output), "--workers", "0", "--no-progress", "--time-chunk", "1",
+            "--any-spacing"]  # 1-degree files; the checkpoint learned 5 x 7.5 degrees
 
 
 def _left_in_output_folder(ctx: Context) -> list[str]:
