@@ -43,3 +43,19 @@ class ManifestError(DownscaleError):
 
 class CheckpointError(DownscaleError):
     """A checkpoint that does not fit the data it is asked to process."""
+
+
+class DiskFullError(InputError):
+    """The output's file system (or the user's quota there) has no room for the output.
+
+    A run stopped by it keeps what is complete (and a Zarr store's chunks written), so
+    that the same command, rerun once there is room, resumes.
+    """
+
+
+class WorkerLostError(DownscaleError):
+    """A Dask worker died (killed, out of memory) while it ran a task of an output.
+
+    Like :class:`DiskFullError`, the outputs complete (and a Zarr store's chunks written)
+    are kept: rerunning the same command resumes.
+    """

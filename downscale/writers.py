@@ -21,6 +21,7 @@ name: a path ending in ``.zarr`` is a Zarr store, anything else a NetCDF file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -112,19 +113,24 @@ class NetCDFWriter:
 
     def create(self) -> None:
         """Create the file (coordinates, attributes, the variable unfilled) and open it."""
+        import dask
         import netCDF4
 
         check_output_target(self.final, self.template)
-        with output_errors(self.final, self.tmp, self.template):
-            try:
+        try:  # errors are told (a full disk measured) before the temporary is removed
+            # The synchronous scheduler: asked for one, xarray would make a Client on a Dask
+            # worker, which, left to the garbage collector, fails after the worker's loop
+            # closed (a traceback on stderr when a run stops); nothing is computed anyway.
+            with (output_errors(self.final, self.tmp, self.template),
+                  dask.config.set(scheduler="synchronous")):
                 # compute=False writes everything but the Dask-backed variable's values.
                 delayed = self.template.to_netcdf(self.tmp, engine="netcdf4",
                                                   format="NETCDF4", compute=False)
                 del delayed  # never computed: the values come through write()
                 self._nc = netCDF4.Dataset(self.tmp, "a")
-            except BaseException:
-                self.abort()
-                raise
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, t0: int, t1: int, values: np.ndarray[Any, Any]) -> None:
         """Write time steps ``t0:t1`` (NaN becomes the variable's ``_FillValue``)."""
@@ -136,24 +142,28 @@ class NetCDFWriter:
 
     def finish(self) -> Path:
         """Close, verify and rename the file."""
-        with output_errors(self.final, self.tmp, self.template):
-            try:
+        try:
+            with output_errors(self.final, self.tmp, self.template):
                 self._close()
                 commit_output(self.tmp, self.final, self.template)
-            except BaseException:
-                self.abort()
-                raise
+        except BaseException:
+            self.abort()
+            raise
         return self.final
 
     def abort(self) -> None:
-        """Close and delete the temporary file."""
-        self._close()
+        """Close and delete the temporary file (also one that cannot be flushed)."""
+        try:
+            self._close()
+        except (RuntimeError, OSError) as exc:  # a full disk fails the flush of close()
+            log.debug("Closing %s before removing it: %s", self.tmp, exc)
+        _drop_xarray_handles(self.tmp)
         remove_output(self.tmp)
 
     def _close(self) -> None:
-        if self._nc is not None:
-            self._nc.close()
-            self._nc = None
+        nc, self._nc = self._nc, None  # closed once, even when closing fails
+        if nc is not None:
+            nc.close()
 
 
 class ZarrWriter:
@@ -203,24 +213,26 @@ class ZarrWriter:
             ds[name].encoding = encoding
         ds[self.variable].encoding["chunks"] = tuple(
             self.time_chunk if d == "time" else min(ds.sizes[d], 1024) for d in self.dims)
-        with output_errors(self.final, self.tmp, ds):
-            try:
+        try:
+            with output_errors(self.final, self.tmp, ds):
                 ds.to_zarr(self.tmp, mode="w", compute=False, consolidated=True,
                            zarr_format=ZARR_FORMAT)
                 self.markers.mkdir()
-            except BaseException:
-                self.abort()
-                raise
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, t0: int, t1: int, values: np.ndarray[Any, Any]) -> None:
         """Write time steps ``t0:t1`` into the temporary store (a region write)."""
         region = _time_region(self.dims, self.layout, t0, t1)
         part = xr.Dataset({self.variable: (self.dims, _shaped(values, self.dims, self.layout))})
-        part.to_zarr(self.tmp, region=region, consolidated=False, zarr_format=ZARR_FORMAT)
+        with output_errors(self.final, self.tmp, part):
+            part.to_zarr(self.tmp, region=region, consolidated=False, zarr_format=ZARR_FORMAT)
 
     def mark_done(self, t0: int, t1: int) -> None:
         """Record that time steps ``t0:t1`` are written (after the region write)."""
-        (self.markers / f"{t0}-{t1}").touch()
+        with output_errors(self.final, self.markers):
+            (self.markers / f"{t0}-{t1}").touch()
 
     def done(self) -> set[tuple[int, int]]:
         """The ``(t0, t1)`` slabs marked written in the temporary store."""
@@ -244,6 +256,22 @@ class ZarrWriter:
         """Delete the temporary store and its markers (an interrupted run keeps them)."""
         remove_output(self.tmp)
         remove_output(self.markers)
+
+
+def _drop_xarray_handles(path: Path) -> None:
+    """Close the handles xarray's file cache holds on ``path``, ignoring their errors.
+
+    A ``to_netcdf(compute=False)`` that fails (a full disk) leaves its file open, held by
+    the exception's traceback; closed when that is collected, at exit, it would print an
+    "Exception ignored ... HDF error" traceback under the one-line message.
+    """
+    from xarray.backends.file_manager import FILE_CACHE
+
+    for key in [k for k in list(FILE_CACHE) if str(path) in map(str, k[1])]:
+        handle = FILE_CACHE.pop(key, None)
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.close()
 
 
 def make_writer(template: xr.Dataset, variable: str, final: Path, time_chunk: int,

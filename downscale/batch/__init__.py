@@ -7,6 +7,7 @@ The layout, one job per module:
 * :mod:`~downscale.batch.plan`: the job's settings (:class:`Job`), one
   :class:`OutputPlan` per output, the output templates;
 * :mod:`~downscale.batch.record`: the resume record, the lock, the temporaries;
+* :mod:`~downscale.batch.space`: the pre-flight of the outputs' size against free space;
 * :mod:`~downscale.batch.execute`: running the chunks here or on Dask (bounded window,
   ``as_completed``), with injected :class:`Hooks`;
 * :mod:`downscale.writers`: the NetCDF and Zarr writers.

@@ -46,6 +46,10 @@ How it works (docs/method.md, "Scale"):
   about its own mean).
 * Every output is written under a temporary name, verified and renamed
   (:mod:`downscale.writers`): a final name only ever holds a complete output.
+* Before anything is written, the outputs' size is set against the free space of the
+  output directory (:mod:`downscale.batch.space`): refused when even compressed they
+  cannot fit, a warning when uncompressed they may not. A disk that fills anyway, or a
+  Dask worker that dies, stops the run in one line; the same command then resumes.
 * Resumable: ``downscale_run_record.json`` next to the outputs records each output's
   sha256 and a hash of what made it (checkpoint sha256, its configuration, the variable,
   the inputs' paths, sizes and modification times, the time steps and the package
@@ -87,6 +91,7 @@ from downscale.batch.plan import (
     plan_outputs,
 )
 from downscale.batch.record import RunRecord
+from downscale.batch.space import check_free_space
 from downscale.checkpoint import CheckpointInfo, check_trained_for, read_checkpoint
 from downscale.errors import CheckpointError, InputError
 from downscale.helptext import plain
@@ -309,7 +314,8 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
     with _terminate_cleanly(), RunRecord(directory) as record:
         resumable = set().union(*(resumable_names(p.path, p.tag(job.time_chunk))
                                   for p in plans))
-        record.remove_temporaries([p.path.name for p in plans], keep=resumable)
+        names = [p.path.name for p in plans]
+        record.remove_temporaries(names, keep=resumable)
         todo = [p for p in plans if args.force or not record.is_complete(p.path, p.key)]
         for plan in plans:
             if plan not in todo:
@@ -317,7 +323,11 @@ def main(argv: Sequence[str] | None = None, hooks: Hooks | None = None) -> None:
         if not todo:
             log.info("Nothing to do: all %d output(s) are complete.", len(plans))
         else:
-            _run_todo(args, job, todo, record, hooks, variable, inputs, ckpt.factor)
+            check_free_space(directory, job, todo, fields)
+            try:
+                _run_todo(args, job, todo, record, hooks, variable, inputs, ckpt.factor)
+            finally:  # what killed workers left (the cluster is closed by now)
+                record.remove_temporaries(names, keep=resumable)
             log.info("Done: %d written, %d skipped.", len(todo), len(plans) - len(todo))
     if args.plot:
         from downscale.plotting import plot_output

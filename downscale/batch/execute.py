@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from downscale.batch.inputs import bounds_key, covariate_on
 from downscale.batch.plan import Job, OutputPlan, field_source, output_writer
 from downscale.batch.record import RunRecord, record_entry
 from downscale.checkpoint import load_model
+from downscale.errors import DiskFullError, WorkerLostError
 from downscale.grid import horizontal_dims
 from downscale.grid_geometry import geometry_of
 from downscale.writers import OutputWriter, ZarrWriter, is_zarr
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 FineChunk = np.ndarray[Any, np.dtype[np.float32]]
 #: The named points a :class:`Hooks.pause` is called at.
 POINTS = ("read", "computed", "written", "renamed")
+#: Failures after which a run keeps its Zarr stores (and chunks written) for the next run:
+#: an interrupt, a full disk, a lost worker. Any other failure removes them.
+RESUMABLE = (SystemExit, KeyboardInterrupt, DiskFullError, WorkerLostError)
 
 
 def _no_pause(point: str) -> None:
@@ -127,7 +132,8 @@ def _write_here(job: Job, plan: OutputPlan, hooks: Hooks, runner: Runner,
     writer.create()
     try:
         calls = [(job, plan.inputs, a, b, hooks) for a, b in plan.chunks(job.time_chunk)]
-        for (_, _, a, b, _), values in runner.map(compute_chunk, calls):
+        for (_, _, a, b, _), values in runner.map(compute_chunk, calls,
+                                                  lambda args: plan.path):
             writer.write(a - plan.start, b - plan.start, values)
             hooks.pause("written")
             progress(b - a)
@@ -154,15 +160,26 @@ class Runner:
         """Tasks in flight: two per worker thread (one computing, one waiting)."""
         return 2 * max(sum(self.client.nthreads().values()), 1) if self.client else 1
 
-    def map(self, fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]]
+    def map(self, fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]],
+            writes: Callable[[tuple[Any, ...]], Path]
             ) -> Iterator[tuple[tuple[Any, ...], Any]]:
-        """``(args, fn(*args))`` for each call, in the order they finish."""
+        """``(args, fn(*args))`` for each call, in the order they finish.
+
+        Args:
+            fn: The function (picklable: sent to the workers).
+            calls: Its argument tuples.
+            writes: The output a call works for (named when its worker dies).
+
+        Raises:
+            WorkerLostError: Workers died running a call as many times as Dask retries
+                one (``distributed.scheduler.allowed-failures``; Dask's ``KilledWorker``).
+        """
         client = self.client
         if client is None:
             for args in calls:
                 yield args, fn(*args)
             return
-        from distributed import as_completed
+        from distributed import KilledWorker, as_completed
 
         todo = iter(calls)
         pending: dict[Any, tuple[Any, ...]] = {}
@@ -183,7 +200,10 @@ class Runner:
             top_up()
             for future in done:
                 args = pending.pop(future)
-                result = future.result()
+                try:
+                    result = future.result()
+                except KilledWorker as exc:
+                    raise _worker_lost(writes(args), exc) from None
                 del future  # its memory on the worker is released once taken
                 top_up()
                 yield args, result
@@ -191,13 +211,23 @@ class Runner:
             client.cancel(list(pending))
 
 
+def _worker_lost(output: Path, exc: BaseException) -> WorkerLostError:
+    """The one line for a task whose workers died (``exc``: Dask's ``KilledWorker``)."""
+    return WorkerLostError(
+        f"{output}: a Dask worker died while computing this output (killed, or out of "
+        f"memory: {type(exc).__name__}). Run the same command again: it keeps the complete "
+        "outputs and resumes; if workers keep dying, give each more memory "
+        "(--memory-limit) or run fewer (--workers).")
+
+
 def run_outputs(job: Job, plans: Sequence[OutputPlan], record: RunRecord, runner: Runner,
                 hooks: Hooks, progress: Callable[[int], None]) -> None:
     """Write every planned output and record each as it completes.
 
     Zarr stores that a killed run left are resumed (their chunks marked done are kept).
-    An interrupted run (SIGTERM, Ctrl-C) keeps them for the next run; any other failure
-    removes them. NetCDF temporaries are removed either way.
+    A run stopped by one of :data:`RESUMABLE` (SIGTERM, Ctrl-C, a full disk, a lost
+    worker) keeps them for the next run; any other failure removes them. NetCDF
+    temporaries are removed either way (a killed worker's: by ``downscale run`` after).
     """
     zarr_plans = [p for p in plans if is_zarr(p.path)]
     netcdf_plans = [p for p in plans if not is_zarr(p.path)]
@@ -205,7 +235,7 @@ def run_outputs(job: Job, plans: Sequence[OutputPlan], record: RunRecord, runner
         _run_zarr(job, zarr_plans, record, runner, hooks, progress)
     if runner.client is not None and len(netcdf_plans) > 1:
         calls = [(job, plan, hooks) for plan in netcdf_plans]
-        for (_, plan, _), entry in runner.map(write_netcdf_output, calls):
+        for (_, plan, _), entry in runner.map(write_netcdf_output, calls, _path_of_plan):
             record.record(plan.path.name, entry)
             progress(plan.stop - plan.start)
             log.info("Wrote %s", plan.path)
@@ -233,19 +263,25 @@ def _run_zarr(job: Job, plans: Sequence[OutputPlan], record: RunRecord, runner: 
             calls += [(job, plan, writer, a, b, hooks) for a, b in missing]
         for plan in [p for p in plans if not left[p]]:
             _finish(job, plan, writers.pop(plan), record, hooks)
-        for (_, plan, _, _, _, _), steps in runner.map(write_zarr_chunk, calls):
+        for (_, plan, _, _, _, _), steps in runner.map(write_zarr_chunk, calls,
+                                                       _path_of_plan):
             progress(steps)
             left[plan] -= 1
             if not left[plan]:
                 _finish(job, plan, writers.pop(plan), record, hooks)
-    except (SystemExit, KeyboardInterrupt):
+    except RESUMABLE:
         for writer in writers.values():
-            log.info("Interrupted: %s kept for the next run to resume", writer.tmp)
+            log.info("Stopped: %s kept for the next run to resume", writer.tmp)
         raise
     except BaseException:
         for writer in writers.values():
             writer.abort()
         raise
+
+
+def _path_of_plan(args: tuple[Any, ...]) -> Path:
+    """The output of a task whose second argument is its :class:`OutputPlan`."""
+    return Path(args[1].path)
 
 
 def _finish(job: Job, plan: OutputPlan, writer: OutputWriter, record: RunRecord,

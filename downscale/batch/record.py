@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from downscale.checkpoint import file_sha256
 from downscale.errors import InputError
+from downscale.io import output_errors
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,9 @@ class RunRecord:
                           sort_keys=True)
         tmp = self.directory / f".{RECORD_NAME}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         try:
-            tmp.write_text(text + "\n")
-            os.replace(tmp, self.path)
+            with output_errors(self.path, tmp):
+                tmp.write_text(text + "\n")
+                os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
         (self.directory / LEGACY_NAME).unlink(missing_ok=True)  # migrated

@@ -11,6 +11,7 @@ import datetime as _dt
 import errno
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,10 +19,14 @@ from pathlib import Path
 
 import xarray as xr
 
-from downscale.errors import InputError
+from downscale.errors import DiskFullError, InputError
 from downscale.io.paths import PathLike, _reason
 
 _REMOVE_ATTEMPTS = 5  # removals of a Zarr store still being written, before giving up
+#: A write that failed without an errno is put down to a full disk when less than this is
+#: free: more than one HDF5 write asks for at once (a chunk of at most 4 MiB of values,
+#: ``writers.NETCDF_CHUNK_BYTES``, and its metadata), so a failed write leaves less.
+FULL_BELOW = 8 << 20
 
 
 def write_netcdf(ds: xr.Dataset, path: PathLike, *, verify: bool = True) -> Path:
@@ -46,14 +51,16 @@ def write_netcdf(ds: xr.Dataset, path: PathLike, *, verify: bool = True) -> Path
     final = Path(path)
     check_output_target(final, ds)
     tmp = temporary_path(final)
-    with output_errors(final, tmp, ds), _removed_on_error(tmp):
+    with _removed_on_error(tmp), output_errors(final, tmp, ds):
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
         commit_output(tmp, final, ds if verify else None)
     return final
 
 
 def _names(ds: xr.Dataset) -> str | None:
-    return ", ".join(sorted(map(str, ds.data_vars))) or None
+    """The data variables, for a message (not the coordinate bounds among them)."""
+    bounds = {str(v.attrs.get("bounds")) for v in ds.variables.values()}
+    return ", ".join(sorted(str(v) for v in ds.data_vars if str(v) not in bounds)) or None
 
 
 def check_output_target(final: Path, ds: xr.Dataset) -> None:
@@ -85,16 +92,74 @@ def temporary_path(final: Path, tag: str | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def output_errors(final: Path, tmp: Path, ds: xr.Dataset) -> Iterator[None]:
-    """Turn a full disk or a refused write into an :class:`InputError` (one line)."""
+def output_errors(final: Path, tmp: Path, ds: xr.Dataset | None = None) -> Iterator[None]:
+    """Turn a full disk or a refused write into an :class:`InputError` (one line).
+
+    Enter it inside the code that removes the temporary on failure, so that the free
+    space is measured as the failed write left it, not after the temporary is gone.
+
+    Raises:
+        DiskFullError: The file system, or the user's quota, has no room: ``ENOSPC`` or
+            ``EDQUOT``, or a netCDF-C error that lost its errno (``RuntimeError("NetCDF:
+            HDF error")``) while :func:`out_of_space` finds the directory full.
+        InputError: The write was refused (permissions, a read-only file system).
+    """
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(final, ds, os.strerror(exc.errno)) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise InputError(f"cannot write the file ({_reason(exc, tmp)})", path=final,
-                             variable=_names(ds), hint="check the free space and "
-                             "permissions of the output directory") from exc
+                             variable=None if ds is None else _names(ds),
+                             hint="check the permissions of the output directory") from exc
         raise
+    except RuntimeError as exc:  # netCDF4: "NetCDF: HDF error", the errno lost on the way
+        reason = out_of_space(final.parent) if str(exc).startswith("NetCDF:") else None
+        if reason is None:
+            raise
+        raise _disk_full(final, ds, reason) from exc
+
+
+def _disk_full(final: Path, ds: xr.Dataset | None, reason: str) -> DiskFullError:
+    return DiskFullError(f"disk full while writing ({reason})", path=final,
+                         variable=None if ds is None else _names(ds),
+                         hint=f"free space in {final.parent} or write elsewhere, then run the "
+                         "same command again: it keeps what is complete and resumes")
+
+
+def out_of_space(directory: Path) -> str | None:
+    """Why a write into ``directory`` that failed without an errno ran out of room, or None.
+
+    netCDF-C reports a failed HDF5 write as "HDF error" and drops the errno. Less than
+    :data:`FULL_BELOW` free names the cause; else a probe write of that size finds a quota
+    (invisible to ``statvfs``) or a disk that filled meanwhile by its errno. Anything else
+    is not put down to space (None): the original error stands.
+    """
+    from dask.utils import format_bytes
+
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return None
+    if free < FULL_BELOW:
+        return f"{format_bytes(free)} left"
+    probe: str | None = None
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".downscale-space-", dir=directory)
+        with os.fdopen(handle, "wb") as file:
+            block = bytes(1 << 20)
+            for _ in range(FULL_BELOW >> 20):
+                file.write(block)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(exc.errno)
+    finally:
+        if probe is not None:
+            os.unlink(probe)
+    return None
 
 
 def commit_output(tmp: Path, final: Path, verify: xr.Dataset | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,53 @@ def test_malicious_checkpoint_payload_never_runs(ctx: Context) -> None:
                   "--ckpt_path", str(path), "--prediction_writer.output",
                   str(ctx.output)])
     assert not marker.exists(), "the pickle payload was executed"
+
+
+# -- a full disk, simulated (for real, on a tmpfs: tests/test_disk_full.py) --------------
+def _run_argv(ctx: Context) -> list[str]:
+    return ["run", "--checkpoint", str(ctx.checkpoint), "--input", str(ctx.good), "--output",
+            str(ctx.output), "--workers", "0", "--no-progress", "--time-chunk", "1",
+            "--any-spacing"]  # 1-degree files; the checkpoint learned 5 x 7.5 degrees
+
+
+def _left_in_output_folder(ctx: Context) -> list[str]:
+    return sorted(p.name for p in ctx.output.parent.iterdir() if p.name != ".downscale_run.lock")
+
+
+def test_an_output_larger_than_the_free_space_is_refused_before_writing(
+        ctx: Context, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    usage = shutil.disk_usage(ctx.tmp)._replace(free=1 << 10)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)
+    line = _error_line(Call(_run_argv(ctx), ()), capsys)
+    assert "out: not enough free space" in line and "only 1.00 kiB are free" in line, line
+    assert _left_in_output_folder(ctx) == []
+    _SEEN.append({"case": "output larger than the free space", "entry": "run",
+                  "note": "the file system reports 1 KiB free",
+                  "message": line.replace(str(ctx.tmp) + "/", "")})
+
+
+def test_a_disk_that_fills_during_the_write_is_one_line(
+        ctx: Context, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """netCDF-C's error for a failed HDF5 write (errno lost), the file system then full."""
+    from downscale import writers
+
+    full = []
+    real_usage = shutil.disk_usage
+
+    def hdf_error(*args: Any) -> None:
+        full.append(True)
+        raise RuntimeError("NetCDF: HDF error")
+
+    def usage(path: Any) -> Any:
+        return real_usage(path)._replace(free=0) if full else real_usage(path)
+
+    monkeypatch.setattr(writers, "_shaped", hdf_error)
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    line = _error_line(Call(_run_argv(ctx), ()), capsys)
+    assert "result.nc: air_temperature: disk full while writing (0 B left)" in line, line
+    assert _left_in_output_folder(ctx) == []  # the temporary is removed
+    _SEEN.append({"case": "disk full during the write", "entry": "run",
+                  "note": "NetCDF: HDF error, 0 B left",
+                  "message": line.replace(str(ctx.tmp) + "/", "")})
