@@ -30,6 +30,7 @@ from downscale.nn.conserving import (
 )
 from downscale.nn.padding import GridConv2d
 from downscale.nn.reach import conv_reach, repeat_reach, stack_reach
+from downscale.nn.upsamplers import default_kernel_size
 
 
 def add_detail(base: Tensor, detail: Tensor, std: Tensor, mode: ConstraintMode) -> Tensor:
@@ -47,12 +48,12 @@ def add_detail(base: Tensor, detail: Tensor, std: Tensor, mode: ConstraintMode) 
 
 
 class _ConvBlock(nn.Module):
-    """Two 3x3 grid convolutions with GELU, residual when the widths agree."""
+    """Two ``k x k`` grid convolutions (3x3 by default) with GELU, residual when widths agree."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv1 = GridConv2d(in_channels, out_channels)
-        self.conv2 = GridConv2d(out_channels, out_channels)
+        self.conv1 = GridConv2d(in_channels, out_channels, kernel_size)
+        self.conv2 = GridConv2d(out_channels, out_channels, kernel_size)
         self.act = nn.GELU()
         self.skip = in_channels == out_channels
 
@@ -98,24 +99,35 @@ class ConservingDecoder(nn.Module):
         self.constraint_mode = constraint
         # Mirror-symmetric kernels keep flat input flat at reflecting edges too (see layer).
         # They need k - s even (centred padding): 2s for even factors, 2s + 1 for odd ones.
-        kernel_size = 2 * factor + factor % 2
-        self.base = MassConservingConvTranspose2d(channels, factor, kernel_size,
+        self.base = MassConservingConvTranspose2d(channels, factor, default_kernel_size(factor),
                                                   phase_balanced=phase_balanced, symmetric=True)
         self.stem = GridConv2d(2 * channels + covariate_channels, hidden_channels)
-        self.covariate_stem = (GridConv2d(covariate_channels, hidden_channels)
-                               if covariate_channels else None)
         self.coarse = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)
                                     for _ in range(coarse_blocks))
-        self.upsample = MassConservingConvTranspose2d(hidden_channels, factor, kernel_size,
-                                                      phase_balanced=phase_balanced, symmetric=True)
-        self.fine = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)
+        self._build_fine_path(channels, hidden_channels, fine_blocks, 3, covariate_channels,
+                              phase_balanced)
+        self.constraint = LocalConservation(factor, constraint)
+
+    def _build_fine_path(self, channels: int, width: int, fine_blocks: int, fine_kernel: int,
+                         covariate_channels: int, phase_balanced: bool) -> None:
+        """The conserving feature upsampler, the fine blocks and the head, ``width`` wide."""
+        self.covariate_stem = (GridConv2d(covariate_channels, width)
+                               if covariate_channels else None)
+        self.upsample = MassConservingConvTranspose2d(
+            width, self.factor, default_kernel_size(self.factor),
+            phase_balanced=phase_balanced, symmetric=True)
+        self.fine = nn.ModuleList(_ConvBlock(width, width, fine_kernel)
                                   for _ in range(fine_blocks))
-        self.head = GridConv2d(hidden_channels, channels)
+        self.head = GridConv2d(width, channels)
         # Start from the conserving interpolation alone: zero detail.
         nn.init.zeros_(self.head.weight)
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
-        self.constraint = LocalConservation(factor, constraint)
+
+    def to_fine(self, features: Tensor, periodic: bool) -> Tensor:
+        """Carry coarse features ``(B, hidden, h, w)`` to the fine grid (conserving layer)."""
+        out: Tensor = self.upsample(features, None, periodic)
+        return out
 
     def receptive_field(self) -> int:
         """Coarse cells on each side that a coarse cell's fine cells depend on.
@@ -156,7 +168,7 @@ class ConservingDecoder(nn.Module):
         features = self.stem(torch.cat(coarse_inputs, 1), periodic)
         for block in self.coarse:
             features = block(features, periodic)
-        features = self.upsample(features, None, periodic)
+        features = self.to_fine(features, periodic)
         if self.covariate_stem is not None:
             assert covariate is not None
             features = features + self.covariate_stem(covariate, periodic)

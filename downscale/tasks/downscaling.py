@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from downscale.baselines import UpsamplingMethod, upsample
-from downscale.checkpoint import check_trained_for
+from downscale.checkpoint import check_trained_for, model_upgrades
 from downscale.metrics import (
     bias,
     checkerboard_index,
@@ -25,7 +25,7 @@ from downscale.nn.mitigations import (
     transposed_kernel_penalty,
     transposed_kernels,
 )
-from downscale.nn.models import ClimateDownscaler
+from downscale.nn.models import ClimateDownscaler, DefaultDecoder
 from downscale.tasks.common import take_training_stats
 
 
@@ -102,14 +102,18 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
             :mod:`downscale.nn.decoders`: any module with a ``factor`` attribute,
             ``forward(x, x_norm, fine_area, fine_valid, std, periodic)`` and (for tiles)
             ``receptive_field()``. Its factor must
-            equal ``factor``. None builds :class:`~downscale.nn.ConservingDecoder` from the
-            five arguments above, which are ignored otherwise.
+            equal ``factor``. None builds the ``default_decoder`` from the five arguments
+            above, which are ignored otherwise.
         sobolev_weight: Weight of the Sobolev H1 penalty on the decoder's transposed
             convolution kernels (:func:`~downscale.nn.transposed_kernel_penalty`), added to
             the training loss and logged as ``train_sobolev``; 0 turns it off.
         covariate_channels: Static fine-grid covariates the model reads (0 or 1): with 1,
             the DataModule's ``covariate_path`` (e.g. generated terrain) is normalised with
             its own statistics (saved in the checkpoint) and fed to the default decoder.
+        default_decoder: What ``decoder: null`` builds: ``coarse_grid``
+            (:class:`~downscale.nn.CoarseGridDecoder`, 3x3 blocks on the coarse grid only)
+            or ``conserving`` (:class:`~downscale.nn.ConservingDecoder`, 3x3 blocks on the
+            fine grid too; checkpoints saved before this setting hold it and load as it).
 
     Raises:
         DecoderConfigError: (a ``ValueError``; the CLI prints one line) if the decoder's
@@ -121,9 +125,11 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
                  phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4,
                  decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0,
-                 covariate_channels: int = 0) -> None:
+                 covariate_channels: int = 0, default_decoder: DefaultDecoder = "coarse_grid"
+                 ) -> None:
         super().__init__(factor, hidden_channels, coarse_blocks, fine_blocks, constraint,
-                         phase_balanced, decoder, covariate_channels)
+                         phase_balanced, decoder, covariate_channels,
+                         default_decoder=default_decoder)
         self.save_hyperparameters(ignore=_unconfigured_modules(decoder=decoder))
         self.lr, self.weight_decay = lr, weight_decay
         if not sobolev_weight >= 0:
@@ -229,6 +235,12 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
             checks.update(units=datamodule.variable_attrs.get("units"),
                           data=paths or "the data")
         check_trained_for(checkpoint, where, **checks)
+        upgrades = model_upgrades(checkpoint.get("hyper_parameters", {}), "DownscalingTask")
+        if "default_decoder" in upgrades:
+            # Saved before the setting existed: a default decoder is the old one, built here
+            # before Lightning loads the weights into it.
+            self.use_default_decoder(upgrades["default_decoder"])
+            self.hparams["default_decoder"] = upgrades["default_decoder"]
         self.data_info = checkpoint.get("downscale_data", {})
         if self.data_info.get("variable"):
             self.variables = (str(self.data_info["variable"]),)
