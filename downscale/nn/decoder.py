@@ -47,6 +47,33 @@ def add_detail(base: Tensor, detail: Tensor, std: Tensor, mode: ConstraintMode) 
     return base + std * detail
 
 
+def normalised_spread(base: nn.Module, x: Tensor, fine_area: Tensor, periodic: bool
+                      ) -> Tensor:
+    """The physical base: the spread mass of the valid coarse cells over the valid area spread.
+
+    A convex combination of neighbouring coarse values, so flat input stays flat on the
+    sphere, at edges and along coasts, nothing overshoots near the poles (tiny fine areas
+    cancel) and positive fields stay positive. Exactness per coarse cell comes from the
+    final constraint.
+
+    Args:
+        base: A conserving upsampler, ``base(values, fine_area, periodic)``.
+        x: ``(B, C, h, w)`` physical values, NaN = missing.
+        fine_area: Fine cell areas ``(1 | B, 1, H, W)``.
+        periodic: Whether the last axis wraps.
+
+    Returns:
+        ``(B, C, H, W)`` interpolated physical values.
+    """
+    valid = torch.isfinite(x).to(x.dtype)
+    # Masses and areas in one call, stacked on the batch: the layer's per-call work on the
+    # fine areas (sums, reciprocals, index maps) is done once, not twice.
+    area = fine_area if fine_area.shape[0] == 1 else torch.cat([fine_area, fine_area])
+    both: Tensor = base(torch.cat([torch.nan_to_num(x) * valid, valid]), area, periodic)
+    n = x.shape[0]
+    return both[:n] / both[n:].clamp_min(torch.finfo(x.dtype).tiny)
+
+
 class _ConvBlock(nn.Module):
     """Two ``k x k`` grid convolutions (3x3 by default) with GELU, residual when widths agree."""
 
@@ -150,15 +177,7 @@ class ConservingDecoder(nn.Module):
     def forward(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, fine_valid: Tensor,
                 std: Tensor, periodic: bool = False, covariate: Tensor | None = None
                 ) -> Tensor:
-        # Normalised spread: the mass of the valid coarse cells divided by the valid area the
-        # same kernel spreads. A convex combination of neighbouring coarse values, so flat
-        # input stays flat on the sphere, at edges and along coasts, nothing overshoots near
-        # the poles (tiny fine areas cancel) and positive fields stay positive. Exactness per
-        # coarse cell comes from the final constraint.
-        coarse_valid = torch.isfinite(x).to(x.dtype)
-        spread_area = self.base(coarse_valid, fine_area, periodic)
-        base = self.base(torch.nan_to_num(x) * coarse_valid, fine_area, periodic) / (
-            spread_area.clamp_min(torch.finfo(x.dtype).tiny))
+        base = normalised_spread(self.base, x, fine_area, periodic)
         coarse_inputs = [x_norm, torch.isfinite(x).to(x_norm.dtype)]
         if self.covariate_stem is not None:
             if covariate is None or covariate.shape[1] != self.covariate_channels:
