@@ -51,7 +51,7 @@ def climate_model(default_decoder: str, seed: int = 0) -> ClimateDownscaler:
     torch.manual_seed(seed)
     model = ClimateDownscaler(FACTOR, default_decoder=default_decoder)  # type: ignore[arg-type]
     with torch.no_grad():
-        for param in model.decoder.parameters():
+        for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
         model.norm_mean.fill_(280.0)
         model.norm_std.fill_(10.0)
@@ -66,7 +66,7 @@ def multiply_adds_per_fine_cell(model: torch.nn.Module, h: int, w: int) -> float
     fine = (1, 1, h * FACTOR, w * FACTOR)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(coarse, torch.ones(fine), torch.ones(fine, dtype=torch.bool))
-    return counter.get_total_flops() / 2 / (h * w * FACTOR**2)
+    return float(counter.get_total_flops()) / 2 / (h * w * FACTOR**2)
 
 
 def _bounds(lo: float, hi: float, n: int) -> np.ndarray:
@@ -117,7 +117,8 @@ def run(size: str, workdir: Path | None = None) -> dict[str, Any]:
     cells = steps * one_step
     table = [{"row": name, "seconds": median(times), "fine_cells_per_s": cells / median(times)}
              for name, times in seconds.items()]
-    old, new = seconds[f"conserving ({threads} threads)"], seconds[f"coarse_grid ({threads} threads)"]
+    old = seconds[f"conserving ({threads} threads)"]
+    new = seconds[f"coarse_grid ({threads} threads)"]
     return {"coarse": [h, w], "steps": steps, "factor": FACTOR, "threads": threads,
             "batch_cells": DEFAULT_BATCH_CELLS, "rows": table,
             "multiply_adds_per_fine_cell": {kind: multiply_adds_per_fine_cell(m, h, w)

@@ -16,7 +16,7 @@ from a checkpoint needs no Lightning (:func:`downscale.checkpoint.load_model`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,6 @@ from downscale.nn.decoder import ConservingDecoder
 from downscale.nn.mitigations import DecoderConfigError
 from downscale.nn.protocol import NotTileableError, tile_alignment
 from downscale.nn.terrain import TerrainGenerator
-
 
 #: What ``decoder=None`` builds: ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`,
 #: the default) or ``conserving`` (:class:`~downscale.nn.ConservingDecoder`, the default of
@@ -90,10 +89,10 @@ class ClimateDownscaler(nn.Module):
                                      f"{', '.join(DEFAULT_DECODERS)}, got {default_decoder!r}")
         # The default decoder's arguments, kept to rebuild it (use_default_decoder); None
         # for a decoder given here.
-        self._default_args = None if decoder is not None else (
-            1, factor, hidden_channels, coarse_blocks, fine_blocks, constraint, phase_balanced,
-            covariate_channels)
-        if self._default_args is not None:
+        self._default_args: tuple[Any, ...] | None = None
+        if decoder is None:
+            self._default_args = (1, factor, hidden_channels, coarse_blocks, fine_blocks,
+                                  constraint, phase_balanced, covariate_channels)
             decoder = DEFAULT_DECODERS[default_decoder](*self._default_args)
         elif getattr(decoder, "covariate_channels", 0) != covariate_channels:
             raise DecoderConfigError(
