@@ -164,8 +164,9 @@ class ConservingDecoder(nn.Module):
         cells) and ``reach_up`` the upsampler's (:mod:`downscale.nn.reach`). The fine
         covariate joins after the upsampler through its own convolution (``rv``):
         ``repeat_reach(f, rv + rf)`` coarse cells. The final constraint mixes the cells of
-        one coarse block only. The default decoder (factor 4, kernel 8, padding 2, one
-        coarse and one fine block) reaches ``3 + 2 = 5`` coarse cells, exactly.
+        one coarse block only. This decoder (factor 4, kernel 8, padding 2, one coarse
+        and one fine block) reaches ``3 + 2 = 5`` coarse cells, exactly;
+        :class:`~downscale.nn.CoarseGridDecoder`, whose fine blocks are 1x1, ``3 + 1 = 4``.
         """
         fine = stack_reach(self.fine) + conv_reach(self.head)
         coarse = conv_reach(self.stem) + stack_reach(self.coarse)
