@@ -31,7 +31,7 @@ from torch import Tensor
 
 from downscale.nn.conserving import ConstraintMode
 from downscale.nn.decoder import ConservingDecoder
-from downscale.nn.padding import GridConv2d
+from downscale.nn.padding import GridConv2d, conv_layout
 
 
 class CoarseGridDecoder(ConservingDecoder):
@@ -51,26 +51,34 @@ class CoarseGridDecoder(ConservingDecoder):
         phase_balanced: Phase-balanced kernels in the conserving upsamplers.
         covariate_channels: Static fine-grid covariates given to ``forward`` (0: none).
         fine_channels: Width ``K`` of the features carried to the fine grid.
+        fine_kernel_size: Kernel size of the fine blocks' convolutions (1 or 3).
 
     """
 
     def __init__(self, channels: int = 1, factor: int = 4, hidden_channels: int = 32,
                  coarse_blocks: int = 2, fine_blocks: int = 1,
                  constraint: ConstraintMode = "additive", phase_balanced: bool = True,
-                 covariate_channels: int = 0, fine_channels: int = 8) -> None:
+                 covariate_channels: int = 0, fine_channels: int = 8,
+                 fine_kernel_size: int = 1) -> None:
         if fine_channels < 1:
             raise ValueError(f"fine_channels must be >= 1, got {fine_channels}")
-        self.fine_channels = fine_channels
+        if fine_kernel_size not in (1, 3):
+            raise ValueError(f"fine_kernel_size must be 1 or 3, got {fine_kernel_size}")
+        self.fine_channels, self.fine_kernel_size = fine_channels, fine_kernel_size
         super().__init__(channels, factor, hidden_channels, coarse_blocks, fine_blocks,
                          constraint, phase_balanced, covariate_channels)
         self.project = GridConv2d(hidden_channels, fine_channels, 1)
 
     def _build_fine_path(self, channels: int, width: int, fine_blocks: int, fine_kernel: int,
                          covariate_channels: int, phase_balanced: bool) -> None:
-        """``fine_channels`` wide, with 1x1 fine blocks (the head stays 3x3)."""
-        super()._build_fine_path(channels, self.fine_channels, fine_blocks, 1,
-                                 covariate_channels, phase_balanced)
+        """``fine_channels`` wide, ``fine_kernel_size`` fine blocks (the head stays 3x3)."""
+        super()._build_fine_path(channels, self.fine_channels, fine_blocks,
+                                 self.fine_kernel_size, covariate_channels, phase_balanced)
 
     def to_fine(self, features: Tensor, periodic: bool) -> Tensor:
-        """Narrow the coarse features to ``fine_channels``, then carry them to the fine grid."""
-        return super().to_fine(self.project(features), periodic)
+        """Narrow the coarse features to ``fine_channels``; carry them to the fine grid.
+
+        The result is laid out for the fine convolutions
+        (:func:`~downscale.nn.padding.conv_layout`).
+        """
+        return conv_layout(super().to_fine(self.project(features), periodic))

@@ -28,7 +28,7 @@ from downscale.nn.conserving import (
     MassConservingConvTranspose2d,
     block_mean,
 )
-from downscale.nn.padding import GridConv2d
+from downscale.nn.padding import GridConv2d, conv_layout
 from downscale.nn.reach import conv_reach, repeat_reach, stack_reach
 from downscale.nn.upsamplers import default_kernel_size
 
@@ -185,7 +185,7 @@ class ConservingDecoder(nn.Module):
                 raise ValueError(f"this decoder needs {self.covariate_channels} covariate "
                                  "channel(s) on the fine grid")
             coarse_inputs.append(block_mean(covariate, fine_area, self.factor)[0])
-        features = self.stem(torch.cat(coarse_inputs, 1), periodic)
+        features = self.stem(conv_layout(torch.cat(coarse_inputs, 1)), periodic)
         for block in self.coarse:
             features = block(features, periodic)
         features = self.to_fine(features, periodic)
