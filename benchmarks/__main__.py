@@ -139,7 +139,7 @@ def targets(sections: dict[str, Any]) -> list[tuple[str, str, float, bool]]:
         from benchmarks.model import TARGET
 
         rows.append((f"model alone at least {TARGET:g}x the fine-grid decoder's fine cells/s",
-                     "fine cells/s, default / old decoder", model["speedup"],
+                     "fine cells/s, coarse_grid / conserving decoder", model["speedup"],
                      model["speedup"] >= TARGET))
     predict = sections.get("predict", {})
     if "slope" in predict:

@@ -1,4 +1,4 @@
-"""The model alone: fine cells per second of the default decoder against the old one.
+"""The model alone: fine cells per second of the coarse-grid decoder against the default.
 
 Both climate models (:class:`~downscale.nn.ClimateDownscaler`, factor 4, 32 channels, two
 coarse blocks and one fine block; random weights, heads included) downscale the same
@@ -6,17 +6,18 @@ in-memory fields through the one tiler (:func:`downscale.inference.downscale_fie
 autograd, several time steps per forward pass), timed in turns so that both see the same
 load. Rows:
 
-- ``conserving``: the fine-grid :class:`~downscale.nn.ConservingDecoder` (the default
-  before), as the tiler runs it;
-- ``coarse_grid``: the default :class:`~downscale.nn.CoarseGridDecoder`, likewise, with
+- ``conserving``: the fine-grid :class:`~downscale.nn.ConservingDecoder` (the default), as
+  the tiler runs it;
+- ``coarse_grid``: :class:`~downscale.nn.CoarseGridDecoder` (``default_decoder:
+  coarse_grid``), likewise, with
   one and with two torch threads, and with one time step per pass;
 - ``conserving, autograd``: the old decoder called directly with autograd on, one step a
   call (what a plain ``model(x)`` outside the tiler costs).
 
 Multiply-adds per fine cell are counted by :class:`torch.utils.flop_counter.FlopCounterMode`
 (convolutions and matrix products; the element-wise work is not counted, and on a CPU it is
-much of the time). Target (issue 15): the default model at least 3x the old one's fine
-cells per second.
+much of the time). Target (issue 15): the coarse-grid model at least 3x the fine-grid
+one's fine cells per second.
 
 Example::
 
@@ -135,7 +136,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"`downscale_field` (inference mode, at most {result['batch_cells']:,} fine "
              "cells per pass). Multiply-adds per fine cell (convolutions only): "
              f"conserving {macs['conserving']:,.0f}, coarse_grid {macs['coarse_grid']:,.0f}. "
-             f"Default model / old model, median of per-round ratios: "
+             f"coarse_grid / conserving, median of per-round ratios: "
              f"{result['speedup']:.2f} (target {TARGET:g}).", "",
              "| model | s | fine cells/s |", "|---|---|---|"]
     lines += [f"| {r['row']} | {r['seconds']:.3g} | {r['fine_cells_per_s']:.3e} |"

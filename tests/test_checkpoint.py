@@ -144,7 +144,8 @@ def test_default_decoder_saved_before_the_coarse_grid_one_loads_as_it_was(tmp_pa
             torch.testing.assert_close(model.eval()(coarse, area, valid),
                                        old.eval()(coarse, area, valid), rtol=0, atol=0,
                                        equal_nan=True)
-    new = DownscalingTask(factor=2, hidden_channels=4, coarse_blocks=1)
+    new = DownscalingTask(factor=2, hidden_channels=4, coarse_blocks=1,
+                          default_decoder="coarse_grid")
     path = _saved(tmp_path / "new.ckpt", new, dict(new.hparams))
     assert type(build_model(torch.load(path, weights_only=True), str(path)).decoder) is (
         CoarseGridDecoder)

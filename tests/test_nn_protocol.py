@@ -14,7 +14,6 @@ from downscale.inference import downscale_field, receptive_field
 from downscale.nn import (
     ClimateDownscaler,
     CoarseGridDecoder,
-    ConservingDecoder,
     Downscaler,
     NotTileableError,
     PixelShuffleDecoder,
@@ -53,8 +52,7 @@ def _climate(decoder: Callable[[], nn.Module] | None) -> Callable[[], nn.Module]
 H = {"hidden_channels": 4}
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "conserving": _climate(None),
-    "conserving_fine_grid": _climate(lambda: ConservingDecoder(factor=2,
-                                                                           coarse_blocks=1, **H)),
+    "coarse_grid": _climate(lambda: CoarseGridDecoder(factor=2, coarse_blocks=1, **H)),
     "coarse_grid_odd": _climate(lambda: CoarseGridDecoder(
         factor=3, coarse_blocks=1, fine_blocks=2, fine_channels=3, **H)),
     "transposed_staged": _climate(lambda: TransposedConvDecoder(factor=4, coarse_blocks=1, **H)),

@@ -1,4 +1,4 @@
-"""The default decoder: the heavy work on the coarse grid, light work on the fine grid.
+"""A fast conserving decoder: the heavy work on the coarse grid, light work on the fine grid.
 
 :class:`CoarseGridDecoder` is :class:`~downscale.nn.ConservingDecoder` with a narrow,
 pointwise fine path::
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from downscale.nn.conserving import ConstraintMode
 from downscale.nn.decoder import ConservingDecoder
-from downscale.nn.padding import GridConv2d, conv_layout
+from downscale.nn.padding import GridConv2d
 
 
 class CoarseGridDecoder(ConservingDecoder):
@@ -76,9 +76,5 @@ class CoarseGridDecoder(ConservingDecoder):
                                  self.fine_kernel_size, covariate_channels, phase_balanced)
 
     def to_fine(self, features: Tensor, periodic: bool) -> Tensor:
-        """Narrow the coarse features to ``fine_channels``; carry them to the fine grid.
-
-        The result is laid out for the fine convolutions
-        (:func:`~downscale.nn.padding.conv_layout`).
-        """
-        return conv_layout(super().to_fine(self.project(features), periodic))
+        """Narrow the coarse features to ``fine_channels``; carry them to the fine grid."""
+        return super().to_fine(self.project(features), periodic)

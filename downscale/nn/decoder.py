@@ -152,9 +152,12 @@ class ConservingDecoder(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def to_fine(self, features: Tensor, periodic: bool) -> Tensor:
-        """Carry coarse features ``(B, hidden, h, w)`` to the fine grid (conserving layer)."""
-        out: Tensor = self.upsample(features, None, periodic)
-        return out
+        """Carry coarse features ``(B, hidden, h, w)`` to the fine grid (conserving layer).
+
+        The result is laid out for the fine convolutions
+        (:func:`~downscale.nn.padding.conv_layout`).
+        """
+        return conv_layout(self.upsample(features, None, periodic))
 
     def receptive_field(self) -> int:
         """Coarse cells on each side that a coarse cell's fine cells depend on.
@@ -166,7 +169,7 @@ class ConservingDecoder(nn.Module):
         ``repeat_reach(f, rv + rf)`` coarse cells. The final constraint mixes the cells of
         one coarse block only. This decoder (factor 4, kernel 8, padding 2, one coarse
         and one fine block) reaches ``3 + 2 = 5`` coarse cells, exactly;
-        :class:`~downscale.nn.CoarseGridDecoder`, whose fine blocks are 1x1, ``3 + 1 = 4``.
+        :class:`~downscale.nn.CoarseGridDecoder` with 1x1 fine blocks ``3 + 1 = 4``.
         """
         fine = stack_reach(self.fine) + conv_reach(self.head)
         coarse = conv_reach(self.stem) + stack_reach(self.coarse)

@@ -29,9 +29,10 @@ from downscale.nn.mitigations import DecoderConfigError
 from downscale.nn.protocol import NotTileableError, tile_alignment
 from downscale.nn.terrain import TerrainGenerator
 
-#: What ``decoder=None`` builds: ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`,
-#: the default) or ``conserving`` (:class:`~downscale.nn.ConservingDecoder`, the default of
-#: checkpoints saved before it, which load as such).
+#: What ``decoder=None`` builds: ``conserving`` (:class:`~downscale.nn.ConservingDecoder`,
+#: the default; checkpoints saved without the setting hold it) or ``coarse_grid``
+#: (:class:`~downscale.nn.CoarseGridDecoder`: about 4x the fine cells per second, less
+#: skilful at equal epochs; docs/decoder_comparison/coarse_grid.md).
 DefaultDecoder = Literal["coarse_grid", "conserving"]
 DEFAULT_DECODERS: dict[str, type[ConservingDecoder]] = {
     "coarse_grid": CoarseGridDecoder, "conserving": ConservingDecoder}
@@ -61,10 +62,10 @@ class ClimateDownscaler(nn.Module):
         covariate_channels: Static fine-grid covariates it reads (0 or 1; default decoder).
         variables: Name of the variable it produces (``("",)`` until known).
         default_decoder: Which decoder ``decoder=None`` builds (:data:`DefaultDecoder`):
-            ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`, the wide
-            convolutions on the coarse grid) or ``conserving``
-            (:class:`~downscale.nn.ConservingDecoder`, 3x3 blocks on the fine grid; the
-            default until checkpoints recorded this setting).
+            ``conserving`` (:class:`~downscale.nn.ConservingDecoder`, 3x3 blocks on the
+            fine grid too; the default, and what checkpoints saved without this setting
+            hold) or ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`, the wide
+            convolutions on the coarse grid only).
 
     Raises:
         DecoderConfigError: (a ``ValueError``) if the decoder's factor or covariate
@@ -79,7 +80,7 @@ class ClimateDownscaler(nn.Module):
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
                  phase_balanced: bool = True, decoder: nn.Module | None = None,
                  covariate_channels: int = 0, variables: tuple[str, ...] = ("",),
-                 default_decoder: DefaultDecoder = "coarse_grid") -> None:
+                 default_decoder: DefaultDecoder = "conserving") -> None:
         super().__init__()
         if covariate_channels not in (0, 1):
             raise DecoderConfigError(f"covariate_channels must be 0 or 1, got "

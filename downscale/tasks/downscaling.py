@@ -110,10 +110,11 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
         covariate_channels: Static fine-grid covariates the model reads (0 or 1): with 1,
             the DataModule's ``covariate_path`` (e.g. generated terrain) is normalised with
             its own statistics (saved in the checkpoint) and fed to the default decoder.
-        default_decoder: What ``decoder: null`` builds: ``coarse_grid``
-            (:class:`~downscale.nn.CoarseGridDecoder`, 3x3 blocks on the coarse grid only)
-            or ``conserving`` (:class:`~downscale.nn.ConservingDecoder`, 3x3 blocks on the
-            fine grid too; checkpoints saved before this setting hold it and load as it).
+        default_decoder: What ``decoder: null`` builds: ``conserving``
+            (:class:`~downscale.nn.ConservingDecoder`, 3x3 blocks on the fine grid too; the
+            default, and what checkpoints saved before this setting hold) or
+            ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`, 3x3 blocks on the
+            coarse grid only: faster, less skilful; docs/decoder_comparison/coarse_grid.md).
 
     Raises:
         DecoderConfigError: (a ``ValueError``; the CLI prints one line) if the decoder's
@@ -125,7 +126,7 @@ class DownscalingTask(ClimateDownscaler, L.LightningModule):  # type: ignore[mis
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
                  phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4,
                  decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0,
-                 covariate_channels: int = 0, default_decoder: DefaultDecoder = "coarse_grid"
+                 covariate_channels: int = 0, default_decoder: DefaultDecoder = "conserving"
                  ) -> None:
         super().__init__(factor, hidden_channels, coarse_blocks, fine_blocks, constraint,
                          phase_balanced, decoder, covariate_channels,
