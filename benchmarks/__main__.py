@@ -6,7 +6,8 @@ Usage::
     python -m benchmarks --size small --only layer --output /tmp/results
 
 Sections (each a module with ``run(size, workdir) -> dict`` and ``markdown(dict) -> str``):
-``layer`` (conserving layer vs ``torch.nn.ConvTranspose2d``), ``batch`` (``downscale run``
+``layer`` (conserving layer vs ``torch.nn.ConvTranspose2d``), ``model`` (the model alone,
+default decoder vs the old fine-grid one), ``batch`` (``downscale run``
 vs the I/O floor, NetCDF vs Zarr, vs CDO, scaling), ``training`` (data loading vs the
 model's step rate, DDP 2 vs 1), ``startup`` (``downscale run`` on a small file vs the import
 floor). Inputs are generated in a temporary folder and deleted afterwards. The GPU section
@@ -33,6 +34,7 @@ import torch
 
 SECTIONS = {
     "layer": ("Conserving layer vs `torch.nn.ConvTranspose2d`", "benchmarks.layer"),
+    "model": ("The model alone: default decoder vs the fine-grid one", "benchmarks.model"),
     "batch": ("Batch inference: `downscale run` vs the I/O floor, CDO, and scaling",
               "benchmarks.batch"),
     "training": ("Training: data loading vs the model, DDP 2 vs 1", "benchmarks.training"),
@@ -132,6 +134,13 @@ def targets(sections: dict[str, Any]) -> list[tuple[str, str, float, bool]]:
         ratio = startup["time_ratio"]
         rows.append(("`run` start-up at most 1.5x `import torch, xarray, dask.array`",
                      "wall time, small file / import floor", ratio, ratio <= 1.5))
+    model = sections.get("model", {})
+    if "speedup" in model:
+        from benchmarks.model import TARGET
+
+        rows.append((f"model alone at least {TARGET:g}x the fine-grid decoder's fine cells/s",
+                     "fine cells/s, coarse_grid / conserving decoder", model["speedup"],
+                     model["speedup"] >= TARGET))
     predict = sections.get("predict", {})
     if "slope" in predict:
         slope = predict["slope"]

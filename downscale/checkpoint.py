@@ -393,8 +393,13 @@ def model_upgrades(hparams: dict[str, Any], task: str) -> dict[str, Any]:
     """Settings that a checkpoint saved by an older version lacks, as it was trained.
 
     A terrain generator saved without ``relief_radius`` took relief about each field's
-    mean: ``relief_radius=None`` keeps that (the default now is a local mean).
+    mean: ``relief_radius=None`` keeps that (the default now is a local mean). A climate
+    model saved without ``default_decoder`` holds the fine-grid
+    :class:`~downscale.nn.ConservingDecoder` where its decoder is the default one:
+    ``default_decoder="conserving"`` (the default now is the coarse-grid decoder).
     """
     if task == "TerrainTask" and "relief_radius" not in hparams:
         return {"relief_radius": None}
+    if task == "DownscalingTask" and "default_decoder" not in hparams:
+        return {"default_decoder": "conserving"}
     return {}

@@ -28,7 +28,8 @@ Receptive field
     The model states it: ``model.receptive_field()`` in coarse cells (the
     :class:`~downscale.nn.protocol.Downscaler` protocol), added up by each decoder from the
     rules of :mod:`downscale.nn.reach`. The bound is exact for the default decoder (factor
-    4, kernel 8, padding 2, one coarse and one fine block: ``R = 3 + 2 = 5``):
+    4, kernel 8, padding 2, one coarse and one fine block: ``R = 3 + 2 = 5``; ``3 + 1`` for
+    :class:`~downscale.nn.CoarseGridDecoder` with 1x1 fine blocks):
     ``tests/test_inference.py`` moves one coarse value and finds fine cells ``R`` coarse
     cells away changing, none beyond. A model that reads the whole field (attention
     smoothing, the legacy terrain relief) raises

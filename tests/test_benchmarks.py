@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +67,19 @@ def test_profile_command_reports_the_copy_share() -> None:
                           check=True)
     shares = [line for line in done.stdout.splitlines() if "of forward+backward" in line]
     assert [s.split(":")[0] for s in shares] == ["before", "after"]
+
+
+def test_model_section_times_both_decoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model section on a tiny grid: every row timed, both costs counted, a speedup."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import model
+
+    monkeypatch.setitem(model.SIZES, "small", (6, 8, 2))
+    monkeypatch.setitem(model.REPEATS, "small", 1)
+    result = model.run("small")
+    assert len(result["rows"]) == 5
+    assert all(row["fine_cells_per_s"] > 0 for row in result["rows"])
+    macs = result["multiply_adds_per_fine_cell"]
+    assert macs["coarse_grid"] < macs["conserving"] / 4
+    assert math.isfinite(result["speedup"]) and "| model | s | fine cells/s |" in (
+        model.markdown(result))

@@ -21,7 +21,14 @@ from downscale.checkpoint import (
     read_checkpoint,
 )
 from downscale.errors import CheckpointError
-from downscale.nn import ClimateDownscaler, Downscaler, TerrainDownscaler, UNetDecoder
+from downscale.nn import (
+    ClimateDownscaler,
+    CoarseGridDecoder,
+    ConservingDecoder,
+    Downscaler,
+    TerrainDownscaler,
+    UNetDecoder,
+)
 from downscale.tasks import DownscalingTask, TerrainTask
 
 
@@ -114,6 +121,34 @@ def test_terrain_saved_before_local_relief_keeps_its_field_mean(tmp_path: Path) 
     assert plain.relief_radius is None and loaded.relief_radius is None
     new = _saved(tmp_path / "new.ckpt", task, dict(task.hparams), "TerrainTask")
     assert build_model(torch.load(new, weights_only=True), str(new)).relief_radius == 8
+
+
+def test_default_decoder_saved_before_the_coarse_grid_one_loads_as_it_was(tmp_path: Path
+                                                                         ) -> None:
+    """A checkpoint without ``default_decoder`` holds the fine-grid ConservingDecoder."""
+    torch.manual_seed(0)
+    old = DownscalingTask(factor=2, hidden_channels=4, coarse_blocks=1,
+                          default_decoder="conserving")
+    with torch.no_grad():
+        for param in old.decoder.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    hparams = {k: v for k, v in old.hparams.items() if k != "default_decoder"}
+    path = _saved(tmp_path / "old.ckpt", old, hparams)
+    plain = build_model(torch.load(path, weights_only=True), str(path))
+    loaded = DownscalingTask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert type(plain.decoder) is ConservingDecoder and type(loaded.decoder) is ConservingDecoder
+    assert loaded.hparams["default_decoder"] == "conserving"
+    coarse, area, valid = _inputs(2)
+    with torch.no_grad():
+        for model in (plain, loaded):
+            torch.testing.assert_close(model.eval()(coarse, area, valid),
+                                       old.eval()(coarse, area, valid), rtol=0, atol=0,
+                                       equal_nan=True)
+    new = DownscalingTask(factor=2, hidden_channels=4, coarse_blocks=1,
+                          default_decoder="coarse_grid")
+    path = _saved(tmp_path / "new.ckpt", new, dict(new.hparams))
+    assert type(build_model(torch.load(path, weights_only=True), str(path)).decoder) is (
+        CoarseGridDecoder)
 
 
 @pytest.mark.parametrize(("checks", "fragment"), [

@@ -197,3 +197,27 @@ def test_static_covariate_reach_and_tiles() -> None:
         np.testing.assert_allclose(tiled, base, rtol=0, atol=1e-9, err_msg=f"tile {tile}")
     err = conservation_error(base, x, fine_cell_areas(lat, lon, factor), factor)
     assert err.max_rel < 1e-6  # float32 output
+
+
+def test_batched_steps_and_inference_mode_equal_one_autograd_step_at_a_time() -> None:
+    """Several time steps per pass, without autograd, give what one step per call with
+    autograd on gives (float32 rounding of the result), whatever the batch bound. In
+    float64, as for tiles: convolutions of other batch sizes may sum in another order."""
+    factor = int(REGIONAL["factor"])  # type: ignore[call-overload]
+    lat, lon = np.asarray(REGIONAL["lat"]), np.asarray(REGIONAL["lon"])
+    model = _model(factor, dtype=torch.float64)
+    coarse = _field(5, lat.shape[0], lon.shape[0])
+    one_step = lat.shape[0] * lon.shape[0] * factor**2
+    batched = downscale_field(model, coarse, lat, lon, factor, batch_cells=3 * one_step)
+    single = downscale_field(model, coarse, lat, lon, factor, batch_cells=one_step)
+    np.testing.assert_allclose(batched, single, rtol=2 * np.finfo(np.float32).eps, atol=0)
+    area = torch.from_numpy(fine_cell_areas(lat, lon, factor))
+    area = area / area.mean()
+    for t in range(coarse.shape[0]):
+        x = torch.from_numpy(coarse[t : t + 1, None]).double()
+        valid = torch.isfinite(x).repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+        with torch.enable_grad():
+            y = model(x, area[None, None], valid)
+        assert y.requires_grad
+        np.testing.assert_allclose(batched[t], y[0, 0].detach().float().numpy(),
+                                   rtol=2 * np.finfo(np.float32).eps, atol=0)

@@ -1,5 +1,6 @@
-"""Property tests for ConservingDecoder: exact per-cell conservation (DESIGN.md §3), flat
-in / flat out at initialisation (§4), and both kept through an optimisation step."""
+"""Property tests for ConservingDecoder and the default CoarseGridDecoder: exact per-cell
+conservation (DESIGN.md §3), flat in / flat out at initialisation (§4), and both kept
+through an optimisation step."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import torch
 from torch import Tensor
 
 from downscale.grid import cell_areas_latlon
-from downscale.nn import ConservingDecoder
+from downscale.nn import CoarseGridDecoder, ConservingDecoder
 
 F32_TOL, F64_TOL = 1e-5, 1e-10
 SIZES = [(3, 4), (4, 5), (5, 5), (4, 4)]  # odd and even coarse sizes on both axes
+#: The fine-grid decoder and the coarse-grid one (the default): the same guarantees.
+DECODER_CLASSES = pytest.mark.parametrize("cls", [ConservingDecoder, CoarseGridDecoder])
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -82,13 +85,15 @@ def _check(dec: ConservingDecoder, inp: dict[str, Tensor], periodic: bool, tol: 
     return y, err
 
 
+@DECODER_CLASSES
 @pytest.mark.parametrize("f", [2, 3, 4])
 @pytest.mark.parametrize("periodic", [False, True])
-def test_decoder_conserves_every_cell(f: int, periodic: bool) -> None:
+def test_decoder_conserves_every_cell(cls: type[ConservingDecoder], f: int, periodic: bool
+                                      ) -> None:
     for (h, w), (dtype, tol) in product(SIZES[:2], ((torch.float32, F32_TOL),
                                                     (torch.float64, F64_TOL))):
         torch.manual_seed(f)
-        dec = ConservingDecoder(channels=1, factor=f, hidden_channels=8).to(dtype)
+        dec = cls(channels=1, factor=f, hidden_channels=8).to(dtype)
         # a trained-looking decoder: non-zero detail head and non-uniform base kernels
         with torch.no_grad():
             dec.head.weight.normal_(0.0, 0.3)
@@ -97,15 +102,17 @@ def test_decoder_conserves_every_cell(f: int, periodic: bool) -> None:
         _check(dec, _inputs(f, h, w, periodic, dtype, seed=h * w + f), periodic, tol)
 
 
+@DECODER_CLASSES
 @pytest.mark.parametrize("constraint", ["additive", "multiplicative", "softmax"])
 @pytest.mark.parametrize("f", [2, 3])
-def test_decoder_constraint_modes(constraint: str, f: int) -> None:
+def test_decoder_constraint_modes(cls: type[ConservingDecoder], constraint: str, f: int
+                                  ) -> None:
     for (h, w), periodic, (dtype, tol) in product(SIZES[2:], (False, True),
                                                   ((torch.float32, F32_TOL),
                                                    (torch.float64, F64_TOL))):
         torch.manual_seed(0)
-        dec = ConservingDecoder(1, f, hidden_channels=8, constraint=constraint  # type: ignore[arg-type]
-                                ).to(dtype)
+        dec = cls(1, f, hidden_channels=8, constraint=constraint  # type: ignore[arg-type]
+                  ).to(dtype)
         with torch.no_grad():
             dec.head.weight.normal_(0.0, 0.3)
         inp = _inputs(f, h, w, periodic, dtype, seed=h + w, positive=constraint != "additive")
@@ -114,10 +121,11 @@ def test_decoder_constraint_modes(constraint: str, f: int) -> None:
             assert (y[torch.isfinite(y)] > 0).all()
 
 
+@DECODER_CLASSES
 @pytest.mark.parametrize("f", [2, 3, 4])
-def test_optimisation_step_keeps_conservation(f: int) -> None:
+def test_optimisation_step_keeps_conservation(cls: type[ConservingDecoder], f: int) -> None:
     torch.manual_seed(1)
-    dec = ConservingDecoder(1, f, hidden_channels=8).double()
+    dec = cls(1, f, hidden_channels=8).double()
     inp = _inputs(f, 3, 4, True, torch.float64, seed=7)
     before = {n: p.detach().clone() for n, p in dec.named_parameters()}
     opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
@@ -140,14 +148,16 @@ def test_optimisation_step_keeps_conservation(f: int) -> None:
     _check(dec.float(), _inputs(f, 3, 4, True, torch.float32, seed=7), True, F32_TOL)
 
 
+@DECODER_CLASSES
 @pytest.mark.parametrize("f", [2, 3, 4])
 @pytest.mark.parametrize("constraint", ["additive", "multiplicative", "softmax"])
-def test_constant_in_constant_out_at_init(f: int, constraint: str) -> None:
+def test_constant_in_constant_out_at_init(cls: type[ConservingDecoder], f: int,
+                                          constraint: str) -> None:
     """Zero-initialised head: the output is the base upsampler's, flat everywhere (edges and
     corners too) because the base kernels are mirror-symmetric and phase-balanced."""
     torch.manual_seed(2)
-    dec = ConservingDecoder(1, f, hidden_channels=8, constraint=constraint  # type: ignore[arg-type]
-                            ).double()
+    dec = cls(1, f, hidden_channels=8, constraint=constraint  # type: ignore[arg-type]
+              ).double()
     assert dec.base.symmetric and dec.base.phase_balanced
     assert dec.upsample.symmetric and dec.upsample.phase_balanced
     assert torch.count_nonzero(dec.head.weight) == 0
@@ -166,3 +176,26 @@ def test_constant_in_constant_out_at_init(f: int, constraint: str) -> None:
                     periodic)
             assert torch.isnan(y[~valid.expand_as(y)]).all()
             assert (y[valid.expand_as(y)] - c).abs().max() <= 1e-12 * c
+
+
+@DECODER_CLASSES
+@pytest.mark.parametrize("f", [2, 3, 4])
+def test_every_kernel_sums_to_one_with_balanced_phases(cls: type[ConservingDecoder], f: int
+                                                       ) -> None:
+    """Whatever the logits, both conserving layers (physical base and feature upsampler)
+    have positive, mirror-symmetric kernels summing to one, each phase to ``1/f^2``."""
+    torch.manual_seed(f)
+    dec = cls(1, f, hidden_channels=8).double()
+    with torch.no_grad():
+        dec.base.logits.normal_(0.0, 2.0)
+        dec.upsample.logits.normal_(0.0, 2.0)
+    for layer in (dec.base, dec.upsample):
+        kernel = layer.kernel()
+        k = kernel.shape[-1]
+        assert (kernel > 0).all()
+        torch.testing.assert_close(kernel.sum(dim=(-2, -1)),
+                                   torch.ones(kernel.shape[:2], dtype=kernel.dtype))
+        torch.testing.assert_close(kernel, kernel.flip(-1).flip(-2))
+        for a, b in product(range(f), range(f)):
+            phase = kernel[..., a:k:f, b:k:f].sum(dim=(-2, -1))
+            torch.testing.assert_close(phase, torch.full_like(phase, 1.0 / f**2))

@@ -19,6 +19,7 @@ from downscale.grid import cell_areas_latlon
 from downscale.main import main
 from downscale.nn import (
     AntiAliasFilter,
+    CoarseGridDecoder,
     ConservingDecoder,
     DecoderConfigError,
     PhaseMixingConv,
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "e1_tiny.yaml")
 
 DECODERS: dict[str, Any] = {
+    "coarse_grid": lambda f: CoarseGridDecoder(1, f, 8, 1, 1, fine_channels=4),
+    "conserving_fine_grid": lambda f: ConservingDecoder(1, f, 8, 1, 1),
     "stages": lambda f: TransposedConvDecoder(1, f, 8, 1, 1),
     "stages_unbalanced_mitigated": lambda f: TransposedConvDecoder(
         1, f, 8, 1, 1, phase_balanced=False, symmetric=False, dilation=3, attention=True),

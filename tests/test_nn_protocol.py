@@ -13,6 +13,7 @@ from torch import nn
 from downscale.inference import downscale_field, receptive_field
 from downscale.nn import (
     ClimateDownscaler,
+    CoarseGridDecoder,
     Downscaler,
     NotTileableError,
     PixelShuffleDecoder,
@@ -51,6 +52,9 @@ def _climate(decoder: Callable[[], nn.Module] | None) -> Callable[[], nn.Module]
 H = {"hidden_channels": 4}
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "conserving": _climate(None),
+    "coarse_grid": _climate(lambda: CoarseGridDecoder(factor=2, coarse_blocks=1, **H)),
+    "coarse_grid_odd": _climate(lambda: CoarseGridDecoder(
+        factor=3, coarse_blocks=1, fine_blocks=2, fine_channels=3, **H)),
     "transposed_staged": _climate(lambda: TransposedConvDecoder(factor=4, coarse_blocks=1, **H)),
     "transposed_single": _climate(lambda: TransposedConvDecoder(
         factor=3, coarse_blocks=1, stage_stride=None, **H)),

@@ -1,5 +1,6 @@
 """Plain PyTorch modules (no Lightning): layers, decoders and the Downscaler models."""
 
+from downscale.nn.coarse_grid import CoarseGridDecoder
 from downscale.nn.conserving import (
     LocalConservation,
     MassConservingConvTranspose2d,
@@ -28,6 +29,7 @@ from downscale.nn.terrain import TerrainGenerator
 
 __all__ = [
     "ClimateDownscaler",
+    "CoarseGridDecoder",
     "ConservingDecoder",
     "Downscaler",
     "LocalConservation",

@@ -47,7 +47,10 @@ def block_sum(x: Tensor, factor: int) -> Tensor:
 
 def block_repeat(x: Tensor, factor: int) -> Tensor:
     """Repeat each cell of the last two dims into a ``factor x factor`` block."""
-    return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    # One copy of a broadcast view: two repeat_interleave calls would copy twice.
+    *lead, h, w = x.shape
+    return x[..., :, None, :, None].expand(*lead, h, factor, w, factor).reshape(
+        *lead, h * factor, w * factor)
 
 
 def block_mean(x: Tensor, weight: Tensor, factor: int) -> tuple[Tensor, Tensor]:
@@ -64,7 +67,7 @@ def block_mean(x: Tensor, weight: Tensor, factor: int) -> tuple[Tensor, Tensor]:
 
     """
     weight = weight.expand_as(x)
-    x = torch.where(weight > 0, x, torch.zeros_like(x))
+    x = torch.where(weight > 0, x, 0.0)
     total = block_sum(weight, factor)
     mean = block_sum(x * weight, factor) / total.clamp_min(torch.finfo(x.dtype).tiny)
     return mean, total
@@ -232,10 +235,13 @@ class LocalConservation(nn.Module):
         x0 = torch.where(coarse_ok, x, torch.zeros_like(x))
         # Never read invalid cells: NaN there would reach the gradients (0 * NaN) even though
         # the output masks them.
-        y = torch.where(valid, y, torch.zeros_like(y))
+        y = torch.where(valid, y, 0.0)
         if self.mode == "additive":
             mean, _ = block_mean(y, weight, f)
-            out = y + block_repeat(x0 - mean, f)
+            # The shift broadcast over each block (a view), not repeated into a fine tensor.
+            shift = (x0 - mean)[..., :, None, :, None]
+            out = (y.reshape(*shift.shape[:-4], shift.shape[-4], f, shift.shape[-2], f)
+                   + shift).reshape(y.shape)
         elif self.mode == "multiplicative":
             mean, _ = block_mean(y, weight, f)
             ratio = x0 / torch.where(mean.abs() > 0, mean, torch.ones_like(mean))
@@ -252,4 +258,4 @@ class LocalConservation(nn.Module):
             out = block_repeat(x0 * total, f) * share / fine_area.expand_as(y).clamp_min(1e-30)
         else:
             out = y
-        return torch.where(valid, out, torch.full_like(out, torch.nan))
+        return torch.where(valid, out, torch.nan)

@@ -28,8 +28,9 @@ from downscale.nn.conserving import (
     MassConservingConvTranspose2d,
     block_mean,
 )
-from downscale.nn.padding import GridConv2d
+from downscale.nn.padding import GridConv2d, conv_layout
 from downscale.nn.reach import conv_reach, repeat_reach, stack_reach
+from downscale.nn.upsamplers import default_kernel_size
 
 
 def add_detail(base: Tensor, detail: Tensor, std: Tensor, mode: ConstraintMode) -> Tensor:
@@ -46,13 +47,40 @@ def add_detail(base: Tensor, detail: Tensor, std: Tensor, mode: ConstraintMode) 
     return base + std * detail
 
 
-class _ConvBlock(nn.Module):
-    """Two 3x3 grid convolutions with GELU, residual when the widths agree."""
+def normalised_spread(base: nn.Module, x: Tensor, fine_area: Tensor, periodic: bool
+                      ) -> Tensor:
+    """The physical base: the spread mass of the valid coarse cells over the valid area spread.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    A convex combination of neighbouring coarse values, so flat input stays flat on the
+    sphere, at edges and along coasts, nothing overshoots near the poles (tiny fine areas
+    cancel) and positive fields stay positive. Exactness per coarse cell comes from the
+    final constraint.
+
+    Args:
+        base: A conserving upsampler, ``base(values, fine_area, periodic)``.
+        x: ``(B, C, h, w)`` physical values, NaN = missing.
+        fine_area: Fine cell areas ``(1 | B, 1, H, W)``.
+        periodic: Whether the last axis wraps.
+
+    Returns:
+        ``(B, C, H, W)`` interpolated physical values.
+    """
+    valid = torch.isfinite(x).to(x.dtype)
+    # Masses and areas in one call, stacked on the batch: the layer's per-call work on the
+    # fine areas (sums, reciprocals, index maps) is done once, not twice.
+    area = fine_area if fine_area.shape[0] == 1 else torch.cat([fine_area, fine_area])
+    both: Tensor = base(torch.cat([torch.nan_to_num(x) * valid, valid]), area, periodic)
+    n = x.shape[0]
+    return both[:n] / both[n:].clamp_min(torch.finfo(x.dtype).tiny)
+
+
+class _ConvBlock(nn.Module):
+    """Two ``k x k`` grid convolutions (3x3 by default) with GELU, residual when widths agree."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv1 = GridConv2d(in_channels, out_channels)
-        self.conv2 = GridConv2d(out_channels, out_channels)
+        self.conv1 = GridConv2d(in_channels, out_channels, kernel_size)
+        self.conv2 = GridConv2d(out_channels, out_channels, kernel_size)
         self.act = nn.GELU()
         self.skip = in_channels == out_channels
 
@@ -98,24 +126,38 @@ class ConservingDecoder(nn.Module):
         self.constraint_mode = constraint
         # Mirror-symmetric kernels keep flat input flat at reflecting edges too (see layer).
         # They need k - s even (centred padding): 2s for even factors, 2s + 1 for odd ones.
-        kernel_size = 2 * factor + factor % 2
-        self.base = MassConservingConvTranspose2d(channels, factor, kernel_size,
+        self.base = MassConservingConvTranspose2d(channels, factor, default_kernel_size(factor),
                                                   phase_balanced=phase_balanced, symmetric=True)
         self.stem = GridConv2d(2 * channels + covariate_channels, hidden_channels)
-        self.covariate_stem = (GridConv2d(covariate_channels, hidden_channels)
-                               if covariate_channels else None)
         self.coarse = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)
                                     for _ in range(coarse_blocks))
-        self.upsample = MassConservingConvTranspose2d(hidden_channels, factor, kernel_size,
-                                                      phase_balanced=phase_balanced, symmetric=True)
-        self.fine = nn.ModuleList(_ConvBlock(hidden_channels, hidden_channels)
+        self._build_fine_path(channels, hidden_channels, fine_blocks, 3, covariate_channels,
+                              phase_balanced)
+        self.constraint = LocalConservation(factor, constraint)
+
+    def _build_fine_path(self, channels: int, width: int, fine_blocks: int, fine_kernel: int,
+                         covariate_channels: int, phase_balanced: bool) -> None:
+        """The conserving feature upsampler, the fine blocks and the head, ``width`` wide."""
+        self.covariate_stem = (GridConv2d(covariate_channels, width)
+                               if covariate_channels else None)
+        self.upsample = MassConservingConvTranspose2d(
+            width, self.factor, default_kernel_size(self.factor),
+            phase_balanced=phase_balanced, symmetric=True)
+        self.fine = nn.ModuleList(_ConvBlock(width, width, fine_kernel)
                                   for _ in range(fine_blocks))
-        self.head = GridConv2d(hidden_channels, channels)
+        self.head = GridConv2d(width, channels)
         # Start from the conserving interpolation alone: zero detail.
         nn.init.zeros_(self.head.weight)
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
-        self.constraint = LocalConservation(factor, constraint)
+
+    def to_fine(self, features: Tensor, periodic: bool) -> Tensor:
+        """Carry coarse features ``(B, hidden, h, w)`` to the fine grid (conserving layer).
+
+        The result is laid out for the fine convolutions
+        (:func:`~downscale.nn.padding.conv_layout`).
+        """
+        return conv_layout(self.upsample(features, None, periodic))
 
     def receptive_field(self) -> int:
         """Coarse cells on each side that a coarse cell's fine cells depend on.
@@ -125,8 +167,9 @@ class ConservingDecoder(nn.Module):
         cells) and ``reach_up`` the upsampler's (:mod:`downscale.nn.reach`). The fine
         covariate joins after the upsampler through its own convolution (``rv``):
         ``repeat_reach(f, rv + rf)`` coarse cells. The final constraint mixes the cells of
-        one coarse block only. The default decoder (factor 4, kernel 8, padding 2, one
-        coarse and one fine block) reaches ``3 + 2 = 5`` coarse cells, exactly.
+        one coarse block only. This decoder (factor 4, kernel 8, padding 2, one coarse
+        and one fine block) reaches ``3 + 2 = 5`` coarse cells, exactly;
+        :class:`~downscale.nn.CoarseGridDecoder` with 1x1 fine blocks ``3 + 1 = 4``.
         """
         fine = stack_reach(self.fine) + conv_reach(self.head)
         coarse = conv_reach(self.stem) + stack_reach(self.coarse)
@@ -138,25 +181,17 @@ class ConservingDecoder(nn.Module):
     def forward(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, fine_valid: Tensor,
                 std: Tensor, periodic: bool = False, covariate: Tensor | None = None
                 ) -> Tensor:
-        # Normalised spread: the mass of the valid coarse cells divided by the valid area the
-        # same kernel spreads. A convex combination of neighbouring coarse values, so flat
-        # input stays flat on the sphere, at edges and along coasts, nothing overshoots near
-        # the poles (tiny fine areas cancel) and positive fields stay positive. Exactness per
-        # coarse cell comes from the final constraint.
-        coarse_valid = torch.isfinite(x).to(x.dtype)
-        spread_area = self.base(coarse_valid, fine_area, periodic)
-        base = self.base(torch.nan_to_num(x) * coarse_valid, fine_area, periodic) / (
-            spread_area.clamp_min(torch.finfo(x.dtype).tiny))
+        base = normalised_spread(self.base, x, fine_area, periodic)
         coarse_inputs = [x_norm, torch.isfinite(x).to(x_norm.dtype)]
         if self.covariate_stem is not None:
             if covariate is None or covariate.shape[1] != self.covariate_channels:
                 raise ValueError(f"this decoder needs {self.covariate_channels} covariate "
                                  "channel(s) on the fine grid")
             coarse_inputs.append(block_mean(covariate, fine_area, self.factor)[0])
-        features = self.stem(torch.cat(coarse_inputs, 1), periodic)
+        features = self.stem(conv_layout(torch.cat(coarse_inputs, 1)), periodic)
         for block in self.coarse:
             features = block(features, periodic)
-        features = self.upsample(features, None, periodic)
+        features = self.to_fine(features, periodic)
         if self.covariate_stem is not None:
             assert covariate is not None
             features = features + self.covariate_stem(covariate, periodic)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from downscale.nn.conserving import ConstraintMode, LocalConservation, MassConservingConvTranspose2d
-from downscale.nn.decoder import _ConvBlock, add_detail
+from downscale.nn.decoder import _ConvBlock, add_detail, normalised_spread
 from downscale.nn.mitigations import (
     DecoderConfigError,
     PhaseMixingConv,
@@ -139,15 +139,8 @@ class _ResidualDecoder(nn.Module):
     def forward(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, fine_valid: Tensor,
                 std: Tensor, periodic: bool = False) -> Tensor:
         """Downscale ``x`` (see :class:`~downscale.nn.ConservingDecoder` for the shapes)."""
-        # Normalised spread, as in ConservingDecoder: the mass of the valid coarse cells over
-        # the valid area the same kernel spreads. A convex combination of coarse values, so
-        # flat input stays flat along coasts and near the poles; exactness per coarse cell
-        # comes from the final constraint.
-        coarse_valid = torch.isfinite(x).to(x.dtype)
-        spread_area = self.base(coarse_valid, fine_area, periodic)
-        base = self.base(torch.nan_to_num(x) * coarse_valid, fine_area, periodic) / (
-            spread_area.clamp_min(torch.finfo(x.dtype).tiny))
-        mask = coarse_valid.to(x_norm.dtype)
+        base = normalised_spread(self.base, x, fine_area, periodic)
+        mask = torch.isfinite(x).to(x_norm.dtype)
         features = self.trunk(self.stem(torch.cat([x_norm, mask], 1), periodic), periodic)
         features = self.upsampler(features, periodic)
         if self.mixing is not None:

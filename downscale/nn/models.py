@@ -16,15 +16,26 @@ from a checkpoint needs no Lightning (:func:`downscale.checkpoint.load_model`).
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from downscale.nn.coarse_grid import CoarseGridDecoder
 from downscale.nn.conserving import ConstraintMode
 from downscale.nn.decoder import ConservingDecoder
 from downscale.nn.mitigations import DecoderConfigError
 from downscale.nn.protocol import NotTileableError, tile_alignment
 from downscale.nn.terrain import TerrainGenerator
+
+#: What ``decoder=None`` builds: ``conserving`` (:class:`~downscale.nn.ConservingDecoder`,
+#: the default; checkpoints saved without the setting hold it) or ``coarse_grid``
+#: (:class:`~downscale.nn.CoarseGridDecoder`: about 4x the fine cells per second, less
+#: skilful at equal epochs; docs/decoder_comparison/coarse_grid.md).
+DefaultDecoder = Literal["coarse_grid", "conserving"]
+DEFAULT_DECODERS: dict[str, type[ConservingDecoder]] = {
+    "coarse_grid": CoarseGridDecoder, "conserving": ConservingDecoder}
 
 
 def _normalised(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -46,10 +57,15 @@ class ClimateDownscaler(nn.Module):
         decoder: Another decoder, e.g. one of :mod:`downscale.nn.decoders`: a module with
             ``factor``, ``receptive_field()`` and
             ``forward(x, x_norm, fine_area, fine_valid, std, periodic)``. Its factor must
-            equal ``factor``. None builds :class:`~downscale.nn.ConservingDecoder` from the
-            five arguments above, which are ignored otherwise.
+            equal ``factor``. None builds the ``default_decoder`` from the five arguments
+            above, which are ignored otherwise.
         covariate_channels: Static fine-grid covariates it reads (0 or 1; default decoder).
         variables: Name of the variable it produces (``("",)`` until known).
+        default_decoder: Which decoder ``decoder=None`` builds (:data:`DefaultDecoder`):
+            ``conserving`` (:class:`~downscale.nn.ConservingDecoder`, 3x3 blocks on the
+            fine grid too; the default, and what checkpoints saved without this setting
+            hold) or ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`, the wide
+            convolutions on the coarse grid only).
 
     Raises:
         DecoderConfigError: (a ``ValueError``) if the decoder's factor or covariate
@@ -63,14 +79,22 @@ class ClimateDownscaler(nn.Module):
     def __init__(self, factor: int = 4, hidden_channels: int = 32, coarse_blocks: int = 2,
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
                  phase_balanced: bool = True, decoder: nn.Module | None = None,
-                 covariate_channels: int = 0, variables: tuple[str, ...] = ("",)) -> None:
+                 covariate_channels: int = 0, variables: tuple[str, ...] = ("",),
+                 default_decoder: DefaultDecoder = "conserving") -> None:
         super().__init__()
         if covariate_channels not in (0, 1):
             raise DecoderConfigError(f"covariate_channels must be 0 or 1, got "
                                      f"{covariate_channels}")
+        if default_decoder not in DEFAULT_DECODERS:
+            raise DecoderConfigError(f"default_decoder must be one of "
+                                     f"{', '.join(DEFAULT_DECODERS)}, got {default_decoder!r}")
+        # The default decoder's arguments, kept to rebuild it (use_default_decoder); None
+        # for a decoder given here.
+        self._default_args: tuple[Any, ...] | None = None
         if decoder is None:
-            decoder = ConservingDecoder(1, factor, hidden_channels, coarse_blocks, fine_blocks,
-                                        constraint, phase_balanced, covariate_channels)
+            self._default_args = (1, factor, hidden_channels, coarse_blocks, fine_blocks,
+                                  constraint, phase_balanced, covariate_channels)
+            decoder = DEFAULT_DECODERS[default_decoder](*self._default_args)
         elif getattr(decoder, "covariate_channels", 0) != covariate_channels:
             raise DecoderConfigError(
                 f"model.decoder ({type(decoder).__name__}) reads "
@@ -125,6 +149,16 @@ class ClimateDownscaler(nn.Module):
                              self.covariate_std)
         out = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic, c_norm)
         return out
+
+    def use_default_decoder(self, kind: DefaultDecoder) -> None:
+        """Make a default decoder the default decoder ``kind``, built with the same arguments.
+
+        For a checkpoint that says which default decoder it holds only after the model was
+        built (see :func:`downscale.checkpoint.model_upgrades`); its weights load afterwards.
+        A decoder given to the constructor is kept.
+        """
+        if self._default_args is not None:
+            self.decoder = DEFAULT_DECODERS[kind](*self._default_args)
 
     def receptive_field(self) -> int:
         """The decoder's own (the normalisation is per cell), in coarse cells.

@@ -43,7 +43,9 @@ def spread(mass: Tensor, kernel: Tensor, stride: int) -> Tensor:
     ``(s*J + a, s*I + b)`` of the uncropped transposed convolution (module docstring).
     """
     m = -(-kernel.shape[-1] // stride)
-    return F.conv2d(mass, polyphase_kernel(kernel, stride), padding=m - 1,
+    # Contiguous: the fold views the result as blocks (a channels-last input would give a
+    # channels-last result).
+    return F.conv2d(mass.contiguous(), polyphase_kernel(kernel, stride), padding=m - 1,
                     groups=kernel.shape[0])
 
 

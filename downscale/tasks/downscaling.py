@@ -9,6 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from downscale.baselines import UpsamplingMethod
+from downscale.checkpoint import model_upgrades
 from downscale.metrics.epoch import (
     BaselineRMSE,
     CellErrors,
@@ -23,7 +24,7 @@ from downscale.nn.mitigations import (
     transposed_kernel_penalty,
     transposed_kernels,
 )
-from downscale.nn.models import ClimateDownscaler
+from downscale.nn.models import ClimateDownscaler, DefaultDecoder
 from downscale.tasks.base import BaseTask
 
 
@@ -93,14 +94,19 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
             :mod:`downscale.nn.decoders`: any module with a ``factor`` attribute,
             ``forward(x, x_norm, fine_area, fine_valid, std, periodic)`` and (for tiles)
             ``receptive_field()``. Its factor must
-            equal ``factor``. None builds :class:`~downscale.nn.ConservingDecoder` from the
-            five arguments above, which are ignored otherwise.
+            equal ``factor``. None builds the ``default_decoder`` from the five arguments
+            above, which are ignored otherwise.
         sobolev_weight: Weight of the Sobolev H1 penalty on the decoder's transposed
             convolution kernels (:func:`~downscale.nn.transposed_kernel_penalty`), added to
             the training loss and logged as ``train_sobolev``; 0 turns it off.
         covariate_channels: Static fine-grid covariates the model reads (0 or 1): with 1,
             the DataModule's ``covariate_path`` (e.g. generated terrain) is normalised with
             its own statistics (saved in the checkpoint) and fed to the default decoder.
+        default_decoder: What ``decoder: null`` builds: ``conserving``
+            (:class:`~downscale.nn.ConservingDecoder`, 3x3 blocks on the fine grid too; the
+            default, and what checkpoints saved before this setting hold) or
+            ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`, 3x3 blocks on the
+            coarse grid only: faster, less skilful; docs/decoder_comparison/coarse_grid.md).
 
     Raises:
         DecoderConfigError: (a ``ValueError``; the CLI prints one line) if the decoder's
@@ -112,9 +118,11 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
                  phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4,
                  decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0,
-                 covariate_channels: int = 0) -> None:
+                 covariate_channels: int = 0, default_decoder: DefaultDecoder = "conserving"
+                 ) -> None:
         super().__init__(factor, hidden_channels, coarse_blocks, fine_blocks, constraint,
-                         phase_balanced, decoder, covariate_channels)
+                         phase_balanced, decoder, covariate_channels,
+                         default_decoder=default_decoder)
         self.save_hyperparameters(ignore=_unconfigured_modules(decoder=decoder))
         if not sobolev_weight >= 0:
             raise DecoderConfigError(f"sobolev_weight must be >= 0, got {sobolev_weight}")
@@ -200,4 +208,10 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The base's check (factor, variable, units, covariates), then the variable's name."""
         super().on_load_checkpoint(checkpoint)
+        upgrades = model_upgrades(checkpoint.get("hyper_parameters", {}), "DownscalingTask")
+        if "default_decoder" in upgrades:
+            # Saved before the setting existed: a default decoder is the old one, built here
+            # before Lightning loads the weights into it.
+            self.use_default_decoder(upgrades["default_decoder"])
+            self.hparams["default_decoder"] = upgrades["default_decoder"]
         self._take_variable()
