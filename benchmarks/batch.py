@@ -18,11 +18,13 @@ Sizes (coarse grid ``ny x nx``, factor 4, float32; ``steps`` is the 1x input; th
 16 x the input)::
 
     size    coarse     fine        steps  time chunk  1x input  16x input  16x output
+    tiny    12 x 24    48 x 96     2      1           2 KB      37 KB      0.6 MB
     small   24 x 48    96 x 192    4      1           18 KB     0.3 MB     4.7 MB
     medium  90 x 180   360 x 720   8      2           0.52 MB   8.3 MB     133 MB
     large   360 x 720  1440 x 2880 192    4           199 MB    3.2 GB     51 GB
 
-``small`` is the smoke test's size (well under a minute), ``medium`` the figures in
+``tiny`` is the smoke test's size (it checks that every section runs and reports, not the
+figures), ``small`` a quick look (well under a minute), ``medium`` the figures in
 RESULTS.md (a few minutes on 2 cores), ``large`` several GB of input at 16x (hours on a
 CPU; not run in CI). Generated files are deleted as soon as they have been measured.
 
@@ -91,7 +93,8 @@ class Size:
     cdo_workers: tuple[int, ...] = (0, WORKERS)
 
 
-SIZES = {"small": Size(24, 48, 4, 1, cdo_workers=(0,)), "medium": Size(90, 180, 8, 2, 3),
+SIZES = {"tiny": Size(12, 24, 2, 1, cdo_workers=(0,)),
+         "small": Size(24, 48, 4, 1, cdo_workers=(0,)), "medium": Size(90, 180, 8, 2, 3),
          "large": Size(360, 720, 192, 4)}
 
 

@@ -8,6 +8,7 @@ default DataModule and model, i.e. what ``downscale fit --data.path X --data.var
 =========  =========================  ============  =========  =======  =========
 size       input (steps x lat x lon)  loader/model  fit steps  workers  whole CPU
 =========  =========================  ============  =========  =======  =========
+tiny       12 x 90 x 180 (0.8 MB)     6 / 2         3          -        no
 small      12 x 90 x 180 (0.8 MB)     6 / 4         6          -        no
 medium     64 x 180 x 360 (17 MB)     32 / 32       96         2        yes
 large      365 x 720 x 1440 (1.5 GB)  64 / 32       96         2        yes
@@ -16,7 +17,9 @@ large      365 x 720 x 1440 (1.5 GB)  64 / 32       96         2        yes
 ("loader/model": batches timed for the loader and the raw reads / training steps timed on
 batches in memory; "fit steps": optimizer steps of each short ``fit``; "workers": an extra
 loader run with that many DataLoader workers, beside the default of none; "whole CPU": an
-extra one-process ``fit`` on torch's default threads besides the one-thread one.)
+extra one-process ``fit`` on torch's default threads besides the one-thread one.) ``tiny`` is
+the smoke test's size: it checks that the section runs and reports, with as few timed steps
+as its figures need (two fit steps after the first, untimed one).
 
 Standalone: ``python -m benchmarks.training --size small`` prints the markdown section.
 """
@@ -71,6 +74,8 @@ class TrainingSize:
 
 
 SIZES = {
+    "tiny": TrainingSize(steps=12, ny=90, nx=180, loader_batches=6, model_steps=2,
+                         fit_steps=3, workers=0, whole_cpu=False),
     "small": TrainingSize(steps=12, ny=90, nx=180, loader_batches=6, model_steps=4,
                           fit_steps=6, workers=0, whole_cpu=False),
     "medium": TrainingSize(steps=64, ny=180, nx=360, loader_batches=32, model_steps=32,

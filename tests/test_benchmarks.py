@@ -1,11 +1,13 @@
-"""Smoke test of ``python -m benchmarks`` at the smallest size (not a timed test)."""
+"""Smoke test of ``python -m benchmarks`` at the smallest size (not a timed test).
+
+The commands run in this process (their ``main``, as ``python -m`` calls it) on one torch
+thread: a fresh interpreter per test would cost more than the sections themselves.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,14 +15,16 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+if str(ROOT) not in sys.path:  # the benchmarks package lives next to the package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.__main__ import main as benchmarks_main  # noqa: E402
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_benchmark_command_writes_markdown_and_json(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    subprocess.run([sys.executable, "-m", "benchmarks", "--size", "small", "--only", "layer",
-                    "--output", str(out)], check=True, cwd=ROOT, env=ENV,
-                   capture_output=True, timeout=300)
+    assert benchmarks_main(["--size", "small", "--only", "layer", "--output", str(out)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert {"machine", "sections", "gpu", "size", "command"} <= set(report)
     assert report["machine"]["torch"] == torch.__version__
@@ -39,18 +43,16 @@ def test_benchmark_command_writes_markdown_and_json(tmp_path: Path) -> None:
     assert "Not measured: no GPU on this machine." in text
 
 
-def test_unknown_section_is_refused(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "layer,nope",
-                           "--output", str(tmp_path / "r")], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "unknown section(s) ['nope']" in done.stderr
+def test_unknown_section_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        benchmarks_main(["--only", "layer,nope", "--output", str(tmp_path / "r")])
+    assert info.value.code == 2
+    assert "unknown section(s) ['nope']" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
 
 
 def test_before_row_computes_what_the_layer_computes() -> None:
     """The table's *before* layer is a slower way to the same result, not another layer."""
-    sys.path.insert(0, str(ROOT))
     from benchmarks.layer import _before
     from downscale.nn.conserving import MassConservingConvTranspose2d
 
@@ -61,11 +63,13 @@ def test_before_row_computes_what_the_layer_computes() -> None:
                                atol=1e-12)
 
 
-def test_profile_command_reports_the_copy_share() -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.profile_layer", "--size", "16"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
-                          check=True)
-    shares = [line for line in done.stdout.splitlines() if "of forward+backward" in line]
+@pytest.mark.usefixtures("one_torch_thread")  # the command sets torch's threads (restored)
+def test_profile_command_reports_the_copy_share(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.profile_layer import main as profile_main
+
+    profile_main(["--size", "16"])
+    shares = [line for line in capsys.readouterr().out.splitlines()
+              if "of forward+backward" in line]
     assert [s.split(":")[0] for s in shares] == ["before", "after"]
 
 

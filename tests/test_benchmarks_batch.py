@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m benchmarks.batch`` at the smallest size (not a timed test)."""
+"""Smoke test of ``python -m benchmarks.batch`` at the smoke size ``tiny`` (not a timed test)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ def _positive(*values: float) -> bool:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
-    """The small benchmark's figures, its markdown and its kept work directory."""
+    """The tiny benchmark's figures, its markdown and its kept work directory."""
     work = tmp_path_factory.mktemp("bench-batch")
     out = work / "batch.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.batch", "--size", "small",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.batch", "--size", "tiny",
                            "--output", str(out), "--workdir", str(work)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -96,7 +96,7 @@ def test_scaling_rows(small: tuple[dict, str, Path]) -> None:
 def test_startup_section(tmp_path: Path) -> None:
     out = tmp_path / "startup.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--size", "small",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--size", "tiny",
                            "--output", str(out)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Smoke test of the training benchmark at the smallest size (not a timed test)."""
+"""Smoke test of the training benchmark at its smoke size ``tiny`` (not a timed test)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_training_benchmark_measures_loader_model_and_ddp(tmp_path: Path) -> Non
     out, work = tmp_path / "training.json", tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.training", "--size", "small",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.training", "--size", "tiny",
                            "--json", str(out), "--workdir", str(work)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -26,10 +26,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 
 
 def _args(checkpoint: Path, coarse: Path, outdir: Path, fmt: str = "netcdf",
-          *pauses: str) -> list[str]:
-    """``downscale run`` (through the fault-injecting entry when pauses are given)."""
-    entry = ["tests.helpers.run_with_faults", *(f"--pause={p}" for p in pauses), "--"] if (
-        pauses) else ["downscale", "run"]
+          *pauses: str, holds: tuple[str, ...] = ()) -> list[str]:
+    """``downscale run`` (through the fault-injecting entry when pauses or holds are given)."""
+    faults = [*(f"--pause={p}" for p in pauses), *(f"--hold={h}" for h in holds)]
+    entry = ["tests.helpers.run_with_faults", *faults, "--"] if faults else ["downscale", "run"]
     return [sys.executable, "-m", *entry, "--checkpoint", str(checkpoint), "--input",
             str(coarse), "--output-dir", str(outdir), "--time-block", "6", "--format", fmt,
             "--workers", "0", "--time-chunk", "1", "--no-progress"]
@@ -160,11 +160,12 @@ def test_killed_zarr_run_resumes_with_the_missing_chunks_only(
 
 def test_two_runs_on_one_directory(checkpoint: Path, coarse_nc: Path, tmp_path: Path,
                                    expected: np.ndarray[Any, Any]) -> None:
-    outdir = tmp_path / "shared"
-    first = subprocess.Popen(_args(checkpoint, coarse_nc, outdir, "netcdf", "renamed:12"),
+    outdir, release = tmp_path / "shared", tmp_path / "release"
+    first = subprocess.Popen(_args(checkpoint, coarse_nc, outdir, "netcdf",
+                                   holds=(f"renamed:{release}",)),
                              env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-    try:  # the first run holds the lock, paused after writing its first file
+    try:  # the first run holds the lock, held after writing its first file until released
         _wait_for(first, (outdir / f"{VARIABLE}_000000-000005.nc").exists)
         second = subprocess.run(_args(checkpoint, coarse_nc, outdir), env=ENV, timeout=300,
                                 capture_output=True, text=True)
@@ -173,6 +174,7 @@ def test_two_runs_on_one_directory(checkpoint: Path, coarse_nc: Path, tmp_path: 
         assert second.stderr.strip().count("\n") == 0, second.stderr
         assert "another downscale run is writing to this directory" in second.stderr
         assert str(outdir) in second.stderr
+        release.touch()
         assert first.wait(timeout=300) == 0, first.communicate()[1][-2000:]
     finally:
         if first.poll() is None:

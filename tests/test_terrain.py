@@ -221,6 +221,16 @@ def _fit(tmp_path: Path) -> Path:
     return checkpoints[-1]
 
 
+@pytest.fixture(scope="module")
+def terrain_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny terrain fit (:func:`_fit`) shared by the tests that need a trained
+    generator, not a fit of their own (the fit itself is tested below)."""
+    root = tmp_path_factory.mktemp("terrain-fit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # the config's logger writes to ./outputs
+        return _fit(root)
+
+
 def test_fit_then_predict_writes_cf_surface_altitude(tmp_path: Path) -> None:
     ckpt = _fit(tmp_path)
     out = tmp_path / "terrain.nc"
@@ -244,8 +254,9 @@ def test_fit_then_predict_writes_cf_surface_altitude(tmp_path: Path) -> None:
     assert_cf_compliant(out, tmp_path)
 
 
-def test_predict_generates_fine_terrain_for_a_coarse_dem(tmp_path: Path) -> None:
-    ckpt = _fit(tmp_path)
+def test_predict_generates_fine_terrain_for_a_coarse_dem(tmp_path: Path,
+                                                         terrain_checkpoint: Path) -> None:
+    ckpt = terrain_checkpoint
     _, coarse = coarsen_dem(open_dem("manifest://topobathy"), 4)
     coarse_nc = write_netcdf(coarse.isel(time=0).compute(), tmp_path / "coarse.nc")
     out = tmp_path / "fine.nc"
@@ -259,9 +270,9 @@ def test_predict_generates_fine_terrain_for_a_coarse_dem(tmp_path: Path) -> None
         assert np.isfinite(da.values).all()
 
 
-def test_checkpoint_for_another_factor_is_refused(tmp_path: Path,
+def test_checkpoint_for_another_factor_is_refused(tmp_path: Path, terrain_checkpoint: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    ckpt = _fit(tmp_path)
+    ckpt = terrain_checkpoint
     out = tmp_path / "x.nc"
     with pytest.raises(SystemExit) as info:
         main(["predict", "--config", TINY, "--data.factor", "2", "--ckpt_path", str(ckpt),
@@ -272,9 +283,10 @@ def test_checkpoint_for_another_factor_is_refused(tmp_path: Path,
 
 
 def test_run_generates_the_same_terrain_as_predict(tmp_path: Path,
+                                                   terrain_checkpoint: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """``downscale run`` takes a terrain checkpoint too: coarse DEM in, CF fine DEM out."""
-    ckpt = _fit(tmp_path)
+    ckpt = terrain_checkpoint
     _, coarse = coarsen_dem(open_dem("manifest://topobathy"), 4)
     coarse_nc = write_netcdf(coarse.isel(time=0).compute(), tmp_path / "coarse.nc")
     # A DEM at another spacing than the generator learned is refused, saying both.
