@@ -7,7 +7,7 @@ Usage::
 
 Sections (each a module with ``run(size, workdir) -> dict`` and ``markdown(dict) -> str``):
 ``layer`` (conserving layer vs ``torch.nn.ConvTranspose2d``), ``model`` (the model alone,
-default decoder vs the old fine-grid one), ``batch`` (``downscale run``
+the coarse-grid decoder option vs the default fine-grid one), ``batch`` (``downscale run``
 vs the I/O floor, NetCDF vs Zarr, vs CDO, scaling), ``training`` (data loading vs the
 model's step rate, DDP 2 vs 1), ``startup`` (``downscale run`` on a small file vs the import
 floor). Inputs are generated in a temporary folder and deleted afterwards. The GPU section
@@ -34,7 +34,8 @@ import torch
 
 SECTIONS = {
     "layer": ("Conserving layer vs `torch.nn.ConvTranspose2d`", "benchmarks.layer"),
-    "model": ("The model alone: default decoder vs the fine-grid one", "benchmarks.model"),
+    "model": ("The model alone: the coarse-grid option vs the default decoder",
+              "benchmarks.model"),
     "batch": ("Batch inference: `downscale run` vs the I/O floor, CDO, and scaling",
               "benchmarks.batch"),
     "training": ("Training: data loading vs the model, DDP 2 vs 1", "benchmarks.training"),
@@ -138,7 +139,11 @@ def targets(sections: dict[str, Any]) -> list[tuple[str, str, float, bool]]:
     if "speedup" in model:
         from benchmarks.model import TARGET
 
-        rows.append((f"model alone at least {TARGET:g}x the fine-grid decoder's fine cells/s",
+        # The coarse-grid decoder is an option, not the default (less skilful at 20 epochs,
+        # docs/decoder_comparison/coarse_grid.md): the row says so rather than let a "yes"
+        # read as the default model being faster.
+        rows.append((f"model alone at least {TARGET:g}x: the `coarse_grid` option against the "
+                     "default decoder (the default is unchanged)",
                      "fine cells/s, coarse_grid / conserving decoder", model["speedup"],
                      model["speedup"] >= TARGET))
     predict = sections.get("predict", {})
