@@ -206,3 +206,31 @@ def test_fair_crps_training_keeps_conservation() -> None:
     with torch.no_grad():
         members = _members(model, 1, coarse, area, valid)
     assert _max_cell_error(members, coarse, area, valid) < TOL[torch.float32]
+
+
+def test_task_trains_a_stochastic_decoder_with_the_fair_crps() -> None:
+    import lightning as L
+
+    from downscale.tasks import DownscalingTask
+
+    coarse, area, valid = _inputs(torch.float32)
+    truth = 283.0 + 8 * torch.randn(2, 1, 20, 24, generator=torch.Generator().manual_seed(5))
+    batch = {"coarse": coarse, "fine": truth, "fine_area": area, "fine_valid": valid,
+             "periodic": torch.zeros(2, dtype=torch.bool)}
+    decoder = StochasticConservingDecoder(factor=FACTOR, hidden_channels=8, coarse_blocks=1,
+                                          noise_channels=2)
+    task = DownscalingTask(factor=FACTOR, decoder=decoder, train_members=3)
+    assert task.stochastic
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    loader = torch.utils.data.DataLoader([batch] * 3, batch_size=None)
+    trainer.fit(task, train_dataloaders=loader)
+    assert np.isfinite(float(trainer.callback_metrics["train_loss"]))
+    with torch.no_grad():
+        one, same = task.predict_fine(batch, 4), task.predict_fine(batch, 4)
+        members = task.draw_members(batch, MEMBERS, 9)
+    assert torch.equal(one.nan_to_num(), same.nan_to_num())
+    assert _max_cell_error(members, coarse, area, valid) < TOL[torch.float32]
+    with pytest.raises(ValueError, match="train_members"):
+        DownscalingTask(factor=FACTOR, decoder=decoder, train_members=1)
