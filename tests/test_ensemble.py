@@ -234,3 +234,17 @@ def test_task_trains_a_stochastic_decoder_with_the_fair_crps() -> None:
     assert _max_cell_error(members, coarse, area, valid) < TOL[torch.float32]
     with pytest.raises(ValueError, match="train_members"):
         DownscalingTask(factor=FACTOR, decoder=decoder, train_members=1)
+
+
+def test_ensemble_config_builds_from_a_checkpoint_description() -> None:
+    """The config's decoder is one that checkpoints may build (classes under downscale.nn.*)."""
+    from pathlib import Path
+
+    import yaml
+
+    from downscale.checkpoint import instantiate
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs/model/ensemble.yaml")
+                            .read_text())
+    decoder = instantiate(config["model"]["init_args"]["decoder"], "ensemble.yaml")
+    assert isinstance(decoder, StochasticConservingDecoder) and decoder.noise_channels == 4
