@@ -248,3 +248,28 @@ def test_ensemble_config_builds_from_a_checkpoint_description() -> None:
                             .read_text())
     decoder = instantiate(config["model"]["init_args"]["decoder"], "ensemble.yaml")
     assert isinstance(decoder, StochasticConservingDecoder) and decoder.noise_channels == 4
+
+
+def test_receptive_field_is_enough_for_tiles() -> None:
+    """A tile with a halo of ``receptive_field()`` coarse cells (and the same noise) equals the
+    whole field inside it, so members can be tiled like the deterministic model."""
+    model = _model(torch.float64)
+    r = model.receptive_field()
+    n = 2 * r + 4
+    g = torch.Generator().manual_seed(2)
+    coarse = 283.0 + 8 * torch.randn(1, 1, n, n, generator=g, dtype=torch.float64)
+    fine_n = n * FACTOR
+    noise = torch.randn(1, 2, fine_n, fine_n, generator=g, dtype=torch.float64)
+    area = torch.ones(1, 1, fine_n, fine_n, dtype=torch.float64)
+    valid = torch.ones(1, 1, fine_n, fine_n, dtype=torch.bool)
+    with torch.no_grad():
+        whole = model(coarse, area, valid, noise=noise)
+        lo, hi = r + 1, r + 3  # two coarse cells in the middle, with a halo of r
+        c0, c1 = lo - r, hi + r
+        f0, f1 = c0 * FACTOR, c1 * FACTOR
+        tile = model(coarse[..., c0:c1, c0:c1], area[..., f0:f1, f0:f1],
+                     valid[..., f0:f1, f0:f1], noise=noise[..., f0:f1, f0:f1])
+    inner = slice(r * FACTOR, (r + 2) * FACTOR)
+    core = slice(lo * FACTOR, hi * FACTOR)
+    torch.testing.assert_close(tile[..., inner, inner], whole[..., core, core],
+                               rtol=0, atol=1e-10)
