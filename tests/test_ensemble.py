@@ -225,8 +225,11 @@ def test_task_trains_a_stochastic_decoder_with_the_fair_crps() -> None:
                         enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)
     loader = torch.utils.data.DataLoader([batch] * 3, batch_size=None)
-    trainer.fit(task, train_dataloaders=loader)
-    assert np.isfinite(float(trainer.callback_metrics["train_loss"]))
+    trainer.fit(task, train_dataloaders=loader, val_dataloaders=loader)
+    logged = trainer.callback_metrics
+    assert np.isfinite(float(logged["train_loss"]))
+    for name in ("val_crps", "val_spread_skill", "val_ensemble_rmse", "val_rmse"):
+        assert np.isfinite(float(logged[name])), name
     with torch.no_grad():
         one, same = task.predict_fine(batch, 4), task.predict_fine(batch, 4)
         members = task.draw_members(batch, MEMBERS, 9)
@@ -273,3 +276,20 @@ def test_receptive_field_is_enough_for_tiles() -> None:
     core = slice(lo * FACTOR, hi * FACTOR)
     torch.testing.assert_close(tile[..., inner, inner], whole[..., core, core],
                                rtol=0, atol=1e-10)
+
+
+def test_epoch_metric_of_two_batches_equals_the_numpy_scores_of_both() -> None:
+    from downscale.metrics.epoch import EnsembleScores
+
+    rng = np.random.default_rng(4)
+    members, truth = rng.normal(size=(3, 4, 1, 6, 8)), rng.normal(size=(4, 1, 6, 8))
+    area = rng.random((1, 1, 6, 8)) + 0.5
+    metric = EnsembleScores(3)
+    for part in (slice(0, 1), slice(1, 4)):
+        metric.update(torch.as_tensor(members[:, part]), torch.as_tensor(truth[part]),
+                      torch.as_tensor(area))
+    got = metric.compute()
+    want = ensemble_scores(members, truth, np.broadcast_to(area, truth.shape))
+    assert float(got["crps"]) == pytest.approx(want.crps, rel=1e-12)
+    assert float(got["spread_skill"]) == pytest.approx(want.spread_skill, rel=1e-12)
+    assert float(got["ensemble_rmse"]) == pytest.approx(want.rmse, rel=1e-12)

@@ -17,6 +17,7 @@ from downscale.metrics.epoch import (
     CellRMSE,
     CheckerboardIndex,
     Conservation,
+    EnsembleScores,
     SpectralArtifactIndex,
 )
 from downscale.nn.conserving import ConstraintMode
@@ -145,8 +146,32 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
         """Whether the decoder takes noise (trained as an ensemble)."""
         return bool(getattr(self.decoder, "noise_channels", 0))
 
+    #: Members drawn per validation/test batch of a stochastic decoder (the ensemble scores).
+    EVAL_MEMBERS = 4
+
     def evaluation_metrics(self) -> dict[str, Metric]:
-        return evaluation_metrics(self.factor)
+        """:func:`evaluation_metrics`, and the ensemble scores of a stochastic decoder.
+
+        Those are ``crps``, ``spread_skill`` and ``ensemble_rmse`` of ``EVAL_MEMBERS``
+        members (:class:`~downscale.metrics.epoch.EnsembleScores`).
+        """
+        metrics = evaluation_metrics(self.factor)
+        if self.stochastic:
+            metrics["ensemble"] = EnsembleScores(self.EVAL_MEMBERS)
+        return metrics
+
+    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+        """The base's; a stochastic decoder is scored as an ensemble (member 0 as ``pred``)."""
+        if not self.stochastic:
+            super()._evaluate(batch, batch_idx, stage)
+            return
+        members = self.draw_members(batch, self.EVAL_MEMBERS, batch_idx)
+        n = batch["fine"].shape[0]
+        for name, value in self.losses(members[0], batch).items():
+            self.log(f"{stage}_{name}", value, prog_bar=stage == "val" and name == "loss",
+                     batch_size=n, sync_dist=True)
+        inputs = self.metric_inputs(members[0], batch)
+        self._stage_metrics(stage).update(**inputs, members=members)
 
     def predict_fine(self, batch: dict[str, Tensor], seed: int | None = None) -> Tensor:
         """The batch's fine field; for a stochastic decoder one member, drawn from ``seed``."""
