@@ -1,4 +1,6 @@
-"""Differentiable terrain losses: slope magnitude and the slope penalty (docs/method.md#terrain).
+"""Differentiable losses: the terrain slope penalty and the fair ensemble CRPS.
+
+Terrain (docs/method.md#terrain):
 
 Elevation ``h`` in metres lies on a grid whose neighbouring cell centres are ``dy`` metres
 apart along rows (north-south) and ``dx`` metres apart along columns (west-east). On a
@@ -9,6 +11,9 @@ The slope is ``|grad h| = sqrt((dh/dy)^2 + (dh/dx)^2)`` (m/m, i.e. ``tan`` of th
 angle) by finite differences: central in the interior, one-sided at the edges, as
 :func:`torch.gradient` with ``edge_order=1``. The penalty
 ``mean(relu(slope - tan(theta_max))^2)`` is zero below the limit and smooth above it.
+
+Ensembles: :func:`fair_crps` trains a stochastic decoder on a few members per sample (its
+numpy twin for scoring files is :func:`downscale.metrics.ensemble.crps_ensemble`).
 
 Pure torch, no Lightning: the generator's training step and the metrics share them.
 """
@@ -119,3 +124,43 @@ def _neighbours_valid(finite: Tensor) -> Tensor:
     ok[..., :, 1:] &= finite[..., :, :-1]
     ok[..., :, :-1] &= finite[..., :, 1:]
     return ok
+
+
+def fair_crps(members: Tensor, truth: Tensor, weight: Tensor | None = None) -> Tensor:
+    """The fair (unbiased) ensemble CRPS, averaged over cells: a loss for ensembles.
+
+    Per cell, with members ``x_1..x_M`` and truth ``y`` (Ferro 2014)::
+
+        CRPS_fair = mean_m |x_m - y| - sum_{m != m'} |x_m - x_m'| / (2 M (M - 1))
+
+    Its expectation is the CRPS of the distribution the members are drawn from, whatever
+    ``M``, so a few members per sample (4, say) train a calibrated spread; the plain
+    ensemble estimator (divisor ``2 M^2``) would reward too little spread.
+
+    Args:
+        members: ``(M, ...)`` members, ``M >= 2``, in field units.
+        truth: Target broadcastable to ``members.shape[1:]``; NaN = missing.
+        weight: Optional non-negative cell weights (e.g. area times validity)
+            broadcastable to ``members.shape[1:]``; equal weights if None.
+
+    Returns:
+        A scalar tensor in field units: the weighted mean CRPS over the cells where the
+        truth and every member are finite (0 if there are none).
+
+    Raises:
+        ValueError: If there are fewer than two members.
+    """
+    m = members.shape[0]
+    if m < 2:
+        raise ValueError(f"the fair CRPS needs at least 2 members, got {m}")
+    truth = truth.expand(members.shape[1:])
+    ok = torch.isfinite(truth) & torch.isfinite(members).all(dim=0)
+    w = ok.to(members.dtype)
+    if weight is not None:
+        w = w * weight.to(members.dtype).expand_as(w)
+    # Never difference NaN: it would reach the gradients through the masked cells.
+    x = torch.where(ok, members, 0.0)
+    y = torch.where(ok, truth, 0.0)
+    skill = (x - y).abs().mean(dim=0)
+    spread = (x[:, None] - x[None, :]).abs().sum(dim=(0, 1)) / (2 * m * (m - 1))
+    return ((skill - spread) * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)

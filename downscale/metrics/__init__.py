@@ -16,6 +16,8 @@ One module per job:
   equivariance of an upsampler;
 - :mod:`~downscale.metrics.skill`: RMSE, MAE, bias, area-weighted RMSE (exact cell
   areas; :func:`rmse_xr` by dimension name);
+- :mod:`~downscale.metrics.ensemble`: ensemble CRPS (fair estimator), spread-skill ratio,
+  rank histogram and per-member conservation, as summable per-chunk sums;
 - :mod:`~downscale.metrics.terrain`: slope limits and slope distributions
   (docs/method.md#terrain);
 - :mod:`~downscale.metrics.epoch`: the same metrics as torchmetrics ``Metric``s whose states
@@ -39,6 +41,15 @@ from downscale.metrics.conservation import (
     conservation_error,
     conservation_error_xr,
     conservation_sums,
+)
+from downscale.metrics.ensemble import (
+    EnsembleScores,
+    EnsembleSums,
+    crps_ensemble,
+    ensemble_scores,
+    ensemble_sums,
+    member_conservation_sums,
+    rank_histogram,
 )
 from downscale.metrics.equivariance import equivariance_error, spectral_replica_leakage
 from downscale.metrics.skill import (
@@ -67,17 +78,24 @@ _FROM_NN_DIAGNOSTICS = ("phase_coverage", "phase_weight_sums", "zero_insertion")
 __all__ = [
     "ConservationError",
     "ConservationSums",
+    "EnsembleScores",
+    "EnsembleSums",
     "area_weighted_rmse",
     "bias",
     "checkerboard_index",
     "conservation_error",
     "conservation_error_xr",
     "conservation_sums",
+    "crps_ensemble",
+    "ensemble_scores",
+    "ensemble_sums",
     "equivariance_error",
     "lat_weighted_rmse",
     "mae",
+    "member_conservation_sums",
     "phase_coverage",
     "phase_weight_sums",
+    "rank_histogram",
     "rmse",
     "rmse_xr",
     "slope_angle_percentile",

@@ -15,7 +15,8 @@ Every ``update`` takes keyword arguments from one vocabulary, so that one
 - ``fine_area``: ``(1 | B, 1, H, W)`` fine cell areas (any unit);
 - ``fine_valid``: ``(B, 1, H, W)`` fine cells that carry a value;
 - ``periodic``: whether the last axis is a whole longitude circle;
-- ``dy``, ``dx``: row and column spacings in metres, broadcastable to ``(B, 1, H, W)``.
+- ``dy``, ``dx``: row and column spacings in metres, broadcastable to ``(B, 1, H, W)``;
+- ``members``: ``(M, B, 1, H, W)`` ensemble members of a stochastic model.
 
 The maths is the numpy metrics' (:mod:`downscale.metrics.conservation`,
 :mod:`~downscale.metrics.artifacts`, :mod:`~downscale.metrics.terrain`): this module only
@@ -38,6 +39,7 @@ from downscale.baselines import UpsamplingMethod, upsample
 from downscale.losses import slope
 from downscale.metrics.artifacts import checkerboard_index, spectral_artifact_index
 from downscale.metrics.conservation import ConservationError, ConservationSums, conservation_sums
+from downscale.metrics.ensemble import EnsembleSums, ensemble_sums
 from downscale.metrics.terrain import slope_violation_counts, slope_wasserstein_distance
 
 #: Float64 states: sums over millions of cells lose digits in float32.
@@ -160,6 +162,44 @@ class Conservation(_SumsMetric):
         error = totals.finalize().as_dict()
         return {f"conservation_{name}": torch.tensor(error[name], dtype=_F64)
                 for name in self.errors}
+
+
+class EnsembleScores(_SumsMetric):
+    """Ensemble CRPS, spread-skill ratio and ensemble-mean RMSE over an epoch.
+
+    The states are the sums of :class:`~downscale.metrics.ensemble.EnsembleSums` (cells
+    weighted by area), so ``compute`` scores all the epoch's cells at once.
+
+    Args:
+        members: Ensemble size ``M`` that ``update`` is given.
+    """
+
+    _sum_states = ("n_cells", "weight", "crps", "abs_error", "sq_error", "variance")
+
+    def __init__(self, members: int) -> None:
+        super().__init__()
+        self.members = members
+        self.add_state("rank_counts", torch.zeros(members + 1, dtype=_F64),
+                       dist_reduce_fx="sum")
+
+    def update(self, members: Tensor, target: Tensor, fine_area: Tensor) -> None:
+        """Add one batch: ``members`` ``(M, B, 1, H, W)``, ``target`` ``(B, 1, H, W)``."""
+        area = _numpy(fine_area.expand_as(target))
+        sums = ensemble_sums(_numpy(members), _numpy(target), area)
+        for name in self._sum_states:
+            self._add_to(name, getattr(sums, name))
+        self._add_to("rank_counts", torch.tensor(sums.rank_counts, dtype=_F64,
+                                                 device=self.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        """``crps``, ``spread_skill`` and ``ensemble_rmse`` (float64 scalars)."""
+        states: dict[str, Any] = {name: float(self._state(name)) for name in self._sum_states}
+        states["n_cells"] = int(states["n_cells"])
+        counts = tuple(int(c) for c in self._state("rank_counts").tolist())
+        scores = EnsembleSums(members=self.members, rank_counts=counts, **states).finalize()
+        return {"crps": torch.tensor(scores.crps, dtype=_F64),
+                "spread_skill": torch.tensor(scores.spread_skill, dtype=_F64),
+                "ensemble_rmse": torch.tensor(scores.rmse, dtype=_F64)}
 
 
 class BaselineRMSE(CellRMSE):

@@ -25,6 +25,7 @@ from downscale.nn.mitigations import (
 )
 from downscale.nn.models import ClimateDownscaler, TerrainDownscaler
 from downscale.nn.protocol import Downscaler, NotTileableError
+from downscale.nn.stochastic import StochasticConservingDecoder, ensemble_forward
 from downscale.nn.terrain import TerrainGenerator
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "LocalConservation",
     "MassConservingConvTranspose2d",
     "NotTileableError",
+    "StochasticConservingDecoder",
     "TerrainDownscaler",
     "TerrainGenerator",
     "block_mean",
     "block_sum",
+    "ensemble_forward",
 ]
 __all__ += [
     "AntiAliasFilter",

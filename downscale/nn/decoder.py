@@ -182,6 +182,17 @@ class ConservingDecoder(nn.Module):
                 std: Tensor, periodic: bool = False, covariate: Tensor | None = None
                 ) -> Tensor:
         base = normalised_spread(self.base, x, fine_area, periodic)
+        features = self.fine_features(x, x_norm, fine_area, periodic, covariate)
+        return self.finish(features, base, x, fine_area, fine_valid, std, periodic)
+
+    def fine_features(self, x: Tensor, x_norm: Tensor, fine_area: Tensor, periodic: bool,
+                      covariate: Tensor | None) -> Tensor:
+        """The feature path up to the fine blocks: ``(B, width, H, W)`` features.
+
+        Stem and coarse blocks on ``[x_norm, valid (, covariate block means)]``, the
+        conserving feature upsampler, plus the covariate's own convolution. Arguments as
+        in :meth:`forward`.
+        """
         coarse_inputs = [x_norm, torch.isfinite(x).to(x_norm.dtype)]
         if self.covariate_stem is not None:
             if covariate is None or covariate.shape[1] != self.covariate_channels:
@@ -195,6 +206,25 @@ class ConservingDecoder(nn.Module):
         if self.covariate_stem is not None:
             assert covariate is not None
             features = features + self.covariate_stem(covariate, periodic)
+        out: Tensor = features
+        return out
+
+    def finish(self, features: Tensor, base: Tensor, x: Tensor, fine_area: Tensor,
+               fine_valid: Tensor, std: Tensor, periodic: bool) -> Tensor:
+        """Fine blocks and head on ``features``; the detail on ``base``; the constraint.
+
+        Args:
+            features: ``(B, width, H, W)`` from :meth:`fine_features`.
+            base: ``(B, C, H, W)`` physical base (:func:`normalised_spread`).
+            x: ``(B, C, h, w)`` physical coarse values (the masses to keep).
+            fine_area: As in :meth:`forward`.
+            fine_valid: As in :meth:`forward`.
+            std: As in :meth:`forward`.
+            periodic: As in :meth:`forward`.
+
+        Returns:
+            ``(B, C, H, W)`` physical values, exactly conservative per coarse cell.
+        """
         for block in self.fine:
             features = block(features, periodic)
         detail = self.head(features, periodic)

@@ -131,23 +131,30 @@ class ClimateDownscaler(nn.Module):
             periodic: Whether the last axis is a whole longitude circle.
             covariate: ``(B, covariate_channels, H, W)`` static covariate in its own units
                 (NaN = missing); required when ``covariate_channels > 0``.
-            noise: Must be None (the climate decoders are deterministic).
+            noise: ``(B, N, H, W)`` standard normal noise for a stochastic decoder (one
+                with ``noise_channels``, e.g.
+                :class:`~downscale.nn.stochastic.StochasticConservingDecoder`; None: its
+                noise-free member); must be None for the deterministic decoders.
 
         Returns:
             ``(B, 1, H, W)`` physical values, NaN at invalid cells.
         """
-        if noise is not None:
+        # Only stochastic decoders are given the keyword: the others' signature lacks it.
+        extra = {"noise": noise} if getattr(self.decoder, "noise_channels", 0) else {}
+        if noise is not None and not extra:
             raise ValueError("this model is deterministic: it takes no noise")
         std = self.norm_std.view(1, -1, 1, 1)
         x_norm = _normalised(coarse, self.norm_mean, self.norm_std)
         if not self.covariate_channels:
-            out: Tensor = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic)
+            out: Tensor = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic,
+                                       **extra)
             return out
         if covariate is None:
             raise ValueError("this model was built with a static covariate: pass covariate=")
         c_norm = _normalised(covariate.to(coarse.dtype), self.covariate_mean,
                              self.covariate_std)
-        out = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic, c_norm)
+        out = self.decoder(coarse, x_norm, fine_area, fine_valid, std, periodic, c_norm,
+                           **extra)
         return out
 
     def use_default_decoder(self, kind: DefaultDecoder) -> None:

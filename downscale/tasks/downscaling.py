@@ -10,12 +10,14 @@ from torchmetrics import Metric
 
 from downscale.baselines import UpsamplingMethod
 from downscale.checkpoint import model_upgrades
+from downscale.losses import fair_crps
 from downscale.metrics.epoch import (
     BaselineRMSE,
     CellErrors,
     CellRMSE,
     CheckerboardIndex,
     Conservation,
+    EnsembleScores,
     SpectralArtifactIndex,
 )
 from downscale.nn.conserving import ConstraintMode
@@ -25,6 +27,7 @@ from downscale.nn.mitigations import (
     transposed_kernels,
 )
 from downscale.nn.models import ClimateDownscaler, DefaultDecoder
+from downscale.nn.stochastic import ensemble_forward
 from downscale.tasks.base import BaseTask
 
 
@@ -107,6 +110,11 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
             default, and what checkpoints saved before this setting hold) or
             ``coarse_grid`` (:class:`~downscale.nn.CoarseGridDecoder`, 3x3 blocks on the
             coarse grid only: faster, less skilful; docs/decoder_comparison/coarse_grid.md).
+        train_members: Members drawn per sample in a training step when the decoder is
+            stochastic (has ``noise_channels``, e.g.
+            :class:`~downscale.nn.StochasticConservingDecoder`): the loss is then their
+            fair ensemble CRPS (:func:`~downscale.losses.fair_crps`, normalised units)
+            instead of the squared error. Ignored for deterministic decoders.
 
     Raises:
         DecoderConfigError: (a ``ValueError``; the CLI prints one line) if the decoder's
@@ -118,8 +126,8 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
                  fine_blocks: int = 1, constraint: ConstraintMode = "additive",
                  phase_balanced: bool = True, lr: float = 2e-3, weight_decay: float = 1e-4,
                  decoder: torch.nn.Module | None = None, sobolev_weight: float = 0.0,
-                 covariate_channels: int = 0, default_decoder: DefaultDecoder = "conserving"
-                 ) -> None:
+                 covariate_channels: int = 0, default_decoder: DefaultDecoder = "conserving",
+                 train_members: int = 4) -> None:
         super().__init__(factor, hidden_channels, coarse_blocks, fine_blocks, constraint,
                          phase_balanced, decoder, covariate_channels,
                          default_decoder=default_decoder)
@@ -127,15 +135,60 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
         if not sobolev_weight >= 0:
             raise DecoderConfigError(f"sobolev_weight must be >= 0, got {sobolev_weight}")
         self.sobolev_weight = sobolev_weight
+        if train_members < 2:
+            raise DecoderConfigError(f"train_members must be >= 2 (the fair CRPS compares "
+                                     f"members), got {train_members}")
+        self.train_members = train_members
         self.configure_task(lr, weight_decay)
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the decoder takes noise (trained as an ensemble)."""
+        return bool(getattr(self.decoder, "noise_channels", 0))
+
+    #: Members drawn per validation/test batch of a stochastic decoder (the ensemble scores).
+    EVAL_MEMBERS = 4
+
     def evaluation_metrics(self) -> dict[str, Metric]:
-        return evaluation_metrics(self.factor)
+        """:func:`evaluation_metrics`, and the ensemble scores of a stochastic decoder.
+
+        Those are ``crps``, ``spread_skill`` and ``ensemble_rmse`` of ``EVAL_MEMBERS``
+        members (:class:`~downscale.metrics.epoch.EnsembleScores`).
+        """
+        metrics = evaluation_metrics(self.factor)
+        if self.stochastic:
+            metrics["ensemble"] = EnsembleScores(self.EVAL_MEMBERS)
+        return metrics
+
+    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+        """The base's; a stochastic decoder is scored as an ensemble (member 0 as ``pred``)."""
+        if not self.stochastic:
+            super()._evaluate(batch, batch_idx, stage)
+            return
+        members = self.draw_members(batch, self.EVAL_MEMBERS, batch_idx)
+        n = batch["fine"].shape[0]
+        for name, value in self.losses(members[0], batch).items():
+            self.log(f"{stage}_{name}", value, prog_bar=stage == "val" and name == "loss",
+                     batch_size=n, sync_dist=True)
+        inputs = self.metric_inputs(members[0], batch)
+        self._stage_metrics(stage).update(**inputs, members=members)
 
     def predict_fine(self, batch: dict[str, Tensor], seed: int | None = None) -> Tensor:
+        """The batch's fine field; for a stochastic decoder one member, drawn from ``seed``."""
+        if self.stochastic:
+            return self.draw_members(batch, 1, seed)[0]
         out: Tensor = self(batch["coarse"], batch["fine_area"], batch["fine_valid"],
                            bool(batch["periodic"].all()), batch.get("covariate"))
         return out
+
+    def draw_members(self, batch: dict[str, Tensor], members: int, seed: int | None
+                     ) -> Tensor:
+        """``(M, B, 1, H, W)`` members of a stochastic decoder; None seeds from torch's RNG."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        return ensemble_forward(self, members, torch.Generator().manual_seed(seed),
+                                batch["coarse"], batch["fine_area"], batch["fine_valid"],
+                                bool(batch["periodic"].all()), batch.get("covariate"))
 
     #: The name tests of the tiler compare against (the step's forward pass).
     _predict_batch = predict_fine
@@ -150,12 +203,29 @@ class DownscalingTask(ClimateDownscaler, BaseTask):  # type: ignore[misc]
         return {"loss": (diff**2).mean() / self.norm_std.square().mean()}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """The base's step, plus the Sobolev penalty (logged as ``train_sobolev``)."""
-        loss: Tensor = super().training_step(batch, batch_idx)
+        """The base's step, plus the Sobolev penalty (logged as ``train_sobolev``).
+
+        For a stochastic decoder the step is :meth:`_ensemble_step` (the fair CRPS).
+        """
+        if self.stochastic:
+            loss = self._ensemble_step(batch)
+        else:
+            loss = super().training_step(batch, batch_idx)
         if self.sobolev_weight > 0:
             penalty = transposed_kernel_penalty(transposed_kernels(self.decoder))
             self.log("train_sobolev", penalty, batch_size=batch["fine"].shape[0])
             loss = loss + self.sobolev_weight * penalty.to(loss)
+        return loss
+
+    def _ensemble_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """Fair CRPS of ``train_members`` members per sample, in normalised units."""
+        members = self.draw_members(batch, self.train_members, None)
+        weight = batch["fine_area"] * batch["fine_valid"]
+        loss = fair_crps(members, batch["fine"], weight) / self.norm_std.mean()
+        n = batch["fine"].shape[0]
+        self.log("train_loss", loss, prog_bar=True, batch_size=n)
+        self.train_metrics(members[0], batch["fine"])
+        self.log_dict(self.train_metrics, batch_size=n)
         return loss
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
