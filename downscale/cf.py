@@ -106,9 +106,11 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
 
 
 def _bare_index_dims(ds: xr.Dataset, variable: str) -> xr.Dataset:
-    """A curvilinear grid's index dimensions without coordinate variables (as CF 5.2 has
-    them): their values are cell positions in index space (:mod:`downscale.curvilinear`),
-    which tools would take for map axes; the 2-D lat/lon place the cells."""
+    """A curvilinear grid's index dimensions, without coordinate variables (CF 5.2).
+
+    Their values would be cell positions in index space (:mod:`downscale.curvilinear`),
+    which tools take for map axes; the 2-D lat/lon place the cells.
+    """
     dims = [str(d) for d in ds[variable].dims[-2:]]
     bounds = [str(ds[d].attrs.get("bounds", "")) for d in dims if d in ds.variables]
     return ds.drop_vars([v for v in (*dims, *bounds) if v in ds.variables])

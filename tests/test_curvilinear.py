@@ -120,12 +120,12 @@ def test_fine_areas_sum_to_coarse_areas() -> None:
     geometry = geometry_from_mapping({"grid_mapping_name": "downscale_curvilinear",
                                       "dims": ["j", "i"], "corner_lat": lat_c.tolist(),
                                       "corner_lon": lon_c.tolist()})
-    bnds = [np.stack([np.arange(n) - 0.5, np.arange(n) + 0.5], 1) for n in (5, 7)]
-    coarse = geometry.cell_areas(*bnds)
+    yb, xb = (np.stack([np.arange(n) - 0.5, np.arange(n) + 0.5], 1) for n in (5, 7))
+    coarse = geometry.cell_areas(yb, xb)
     np.testing.assert_allclose(coarse, _areas(_cell_corners(lat_c), _cell_corners(lon_c)),
                                rtol=1e-9)
     for factor in (2, 3, 8):
-        fine = fine_cell_areas(*bnds, factor, geometry=geometry)
+        fine = fine_cell_areas(yb, xb, factor, geometry=geometry)
         assert fine.shape == (5 * factor, 7 * factor)
         np.testing.assert_allclose(
             fine.reshape(5, factor, 7, factor).sum((1, 3)), coarse, rtol=1e-12)
