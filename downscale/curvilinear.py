@@ -160,3 +160,13 @@ def lattice_of(mapping: Mapping[str, Any]) -> FloatArray:
     """The corner lattice ``(ny + 1, nx + 1, 3)`` an internal curvilinear mapping carries."""
     return unit_vectors(np.asarray(mapping["corner_lat"], np.float64),
                         np.asarray(mapping["corner_lon"], np.float64))
+
+
+def median_spacing(lattice: FloatArray, radius: float = EARTH_RADIUS_M) -> tuple[float, float]:
+    """Median great-circle length (m) of the cells' edges along y (rows) and along x."""
+
+    def arc(a: FloatArray, b: FloatArray) -> float:
+        chord = np.linalg.norm(a - b, axis=-1)
+        return float(np.median(2.0 * radius * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))))
+
+    return arc(lattice[1:], lattice[:-1]), arc(lattice[:, 1:], lattice[:, :-1])

@@ -11,6 +11,8 @@ the package's cells have).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,25 @@ def test_curvilinear_run_conserves_on_the_sphere(tmp_path: Path, checkpoint: Pat
     assert fine_area.max() / fine_area.min() > 1.4  # cells of many sizes: a real test
     mass = _blocks(ds[VARIABLE].values.astype(np.float64) * fine_area)
     np.testing.assert_allclose(mass / coarse_area, values, rtol=2e-6)
+    cdo = shutil.which("cdo")
+    if cdo is not None:  # Debian package cdo; skipped without it
+        info = subprocess.run([cdo, "sinfo", str(out)], capture_output=True, text=True,
+                              timeout=60)
+        assert info.returncode == 0, info.stderr
+        assert "curvilinear" in info.stdout
+
+
+def test_curvilinear_spacing_in_metres(tmp_path: Path, coarse_nc: Path) -> None:
+    from downscale.spacing import coarse_spacing
+
+    source, values = _write(tmp_path / "curvilinear.nc", coarse_nc)
+    lat_c, lon_c = _lattice(*values.shape[1:])
+    along_y = SPHERE.inv(lon_c[:-1], lat_c[:-1], lon_c[1:], lat_c[1:])[2]
+    along_x = SPHERE.inv(lon_c[:, :-1], lat_c[:, :-1], lon_c[:, 1:], lat_c[:, 1:])[2]
+    spacing = coarse_spacing(open_field(source, VARIABLE))
+    np.testing.assert_allclose(spacing.metres, (np.median(along_y), np.median(along_x)),
+                               rtol=1e-6)
+    assert spacing.widths == spacing.metres and not spacing.latlon
 
 
 def test_fine_areas_sum_to_coarse_areas() -> None:
