@@ -131,7 +131,8 @@ def _triangle(a: FloatArray, b: FloatArray, c: FloatArray) -> FloatArray:
 
 
 def index_cell_areas(lattice: FloatArray, y_bnds: NDArray[np.floating],
-                     x_bnds: NDArray[np.floating]) -> FloatArray:
+                     x_bnds: NDArray[np.floating], per_index: tuple[int, int] = (1, 1)
+                     ) -> FloatArray:
     """Areas (m^2) ``(ny', nx')`` of the cells between index-space bounds.
 
     Args:
@@ -139,9 +140,11 @@ def index_cell_areas(lattice: FloatArray, y_bnds: NDArray[np.floating],
         y_bnds: ``(ny', 2)`` bounds in index coordinates (centre ``j`` spans
             ``[j - 1/2, j + 1/2]``).
         x_bnds: ``(nx', 2)`` the same along x.
+        per_index: Lattice cells per unit of index along y and x: a fine grid's own
+            lattice indexed in a coarse grid's index space (:func:`reindexed`).
     """
-    yb = np.asarray(y_bnds, np.float64) + 0.5
-    xb = np.asarray(x_bnds, np.float64) + 0.5
+    yb = (np.asarray(y_bnds, np.float64) + 0.5) * per_index[0]
+    xb = (np.asarray(x_bnds, np.float64) + 0.5) * per_index[1]
 
     def at(r: int, c: int) -> FloatArray:
         p, q = np.meshgrid(yb[:, r], xb[:, c], indexing="ij")
@@ -150,10 +153,11 @@ def index_cell_areas(lattice: FloatArray, y_bnds: NDArray[np.floating],
     return quad_areas(at(0, 0), at(0, 1), at(1, 1), at(1, 0))
 
 
-def index_geographic(lattice: FloatArray, y: NDArray[np.floating], x: NDArray[np.floating]
-                     ) -> tuple[FloatArray, FloatArray]:
+def index_geographic(lattice: FloatArray, y: NDArray[np.floating], x: NDArray[np.floating],
+                     per_index: tuple[int, int] = (1, 1)) -> tuple[FloatArray, FloatArray]:
     """Latitude and longitude (degrees) of points at index coordinates ``y``, ``x``."""
-    return to_latlon(lattice_points(lattice, np.asarray(y) + 0.5, np.asarray(x) + 0.5))
+    return to_latlon(lattice_points(lattice, (np.asarray(y) + 0.5) * per_index[0],
+                                    (np.asarray(x) + 0.5) * per_index[1]))
 
 
 def lattice_of(mapping: Mapping[str, Any]) -> FloatArray:
@@ -170,3 +174,27 @@ def median_spacing(lattice: FloatArray, radius: float = EARTH_RADIUS_M) -> tuple
         return float(np.median(2.0 * radius * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))))
 
     return arc(lattice[1:], lattice[:-1]), arc(lattice[:, 1:], lattice[:, :-1])
+
+
+def per_index(mapping: Mapping[str, Any]) -> tuple[int, int]:
+    """Lattice cells per index unit (y, x) of an internal curvilinear mapping (default 1)."""
+    fy, fx = mapping.get("cells_per_index", (1, 1))
+    return int(fy), int(fx)
+
+
+def reindexed(fine: Mapping[str, Any], coarse: Mapping[str, Any]
+              ) -> tuple[dict[str, Any], tuple[int, int]] | None:
+    """A fine grid's mapping in a coarse grid's index space, where it refines it.
+
+    The fine grid refines the coarse one when its corner lattice has the coarse corners
+    every ``f`` points along each axis (within :data:`_CORNER_TOL`); its own corners keep
+    giving its areas (``cells_per_index``). None where it does not refine the coarse grid.
+    """
+    small, big = lattice_of(coarse), lattice_of(fine)
+    steps = [(b - 1) // (s - 1) for b, s in zip(big.shape[:2], small.shape[:2], strict=True)]
+    if any(f < 1 or (s - 1) * f != b - 1
+           for f, s, b in zip(steps, small.shape[:2], big.shape[:2], strict=True)):
+        return None
+    if np.max(np.linalg.norm(big[::steps[0], ::steps[1]] - small, axis=-1)) > _CORNER_TOL:
+        return None
+    return {**fine, "cells_per_index": steps}, (steps[0], steps[1])

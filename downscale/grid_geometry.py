@@ -49,6 +49,7 @@ from downscale.curvilinear import (
     index_cell_areas,
     index_geographic,
     lattice_of,
+    per_index,
 )
 from downscale.grid import EARTH_RADIUS_M, FloatArray, cell_areas_latlon, cell_areas_projected
 
@@ -126,7 +127,7 @@ class GridGeometry:
         if self.kind is GridKind.ROTATED:
             return cell_areas_latlon(y_bnds, x_bnds, radius=self._sphere_radius())
         if self.kind is GridKind.CURVILINEAR:
-            return index_cell_areas(self._lattice, y_bnds, x_bnds)
+            return index_cell_areas(self._lattice, y_bnds, x_bnds, per_index(self.mapping))
         if self.kind is GridKind.PROJECTED:
             yb, xb = np.asarray(y_bnds, np.float64), np.asarray(x_bnds, np.float64)
             # Every time chunk of a run asks again for the same tiles: measured once.
@@ -147,7 +148,7 @@ class GridGeometry:
             ``(lat, lon)`` of that shape, longitude in ``[-180, 180]``.
         """
         if self.kind is GridKind.CURVILINEAR:
-            return index_geographic(self._lattice, y, x)
+            return index_geographic(self._lattice, y, x, per_index(self.mapping))
         lon, lat = self._to_geographic.transform(np.asarray(x, np.float64),
                                                  np.asarray(y, np.float64))
         return np.asarray(lat, np.float64), np.asarray(lon, np.float64)

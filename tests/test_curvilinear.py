@@ -23,6 +23,7 @@ import xarray as xr
 from conftest import VARIABLE, assert_cf_compliant
 
 import downscale.batch.cli
+import downscale.check
 from downscale.errors import InputError
 from downscale.grid import EARTH_RADIUS_M
 from downscale.io import open_field
@@ -89,7 +90,8 @@ def _blocks(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def test_curvilinear_run_conserves_on_the_sphere(tmp_path: Path, checkpoint: Path,
-                                                 coarse_nc: Path) -> None:
+                                                 coarse_nc: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     source, values = _write(tmp_path / "curvilinear.nc", coarse_nc)
     out = tmp_path / "curvilinear_fine.nc"
     downscale.batch.cli.main(["--checkpoint", str(checkpoint), "--input", str(source),
@@ -112,6 +114,9 @@ def test_curvilinear_run_conserves_on_the_sphere(tmp_path: Path, checkpoint: Pat
     assert fine_area.max() / fine_area.min() > 1.4  # cells of many sizes: a real test
     mass = _blocks(ds[VARIABLE].values.astype(np.float64) * fine_area)
     np.testing.assert_allclose(mass / coarse_area, values, rtol=2e-6)
+    # check renumbers the fine file's cells in the coarse file's index space to nest them.
+    downscale.check.main(["--coarse", str(source), "--fine", str(out), "--tolerance", "1e-6"])
+    assert f"{VARIABLE} [K] factor 4: PASS" in capsys.readouterr().out
     cdo = shutil.which("cdo")
     if cdo is not None:  # Debian package cdo; skipped without it
         info = subprocess.run([cdo, "sinfo", str(out)], capture_output=True, text=True,

@@ -17,9 +17,12 @@ from downscale.curvilinear import (
     NO_CORNERS,
     NO_CORNERS_HINT,
     corner_lattice,
+    reindexed,
     to_latlon,
 )
 from downscale.errors import InputError
+from downscale.grid import fine_bounds
+from downscale.grid_geometry import GRID_MAPPING_COORD, GridKind, geometry_of, mapping_coord
 from downscale.io.normalise import _coord_kind, _latlon_dims
 
 Fail = Callable[[str, str], InputError]
@@ -75,3 +78,26 @@ def _corners(ds: xr.Dataset, var: xr.DataArray, dims: tuple[str, ...]
     if bnds.ndim != 3 or len(vertex) != 1 or bnds.sizes[vertex[0]] != 4:
         return None
     return np.asarray(bnds.transpose(*dims, vertex[0]).values, np.float64)
+
+
+def in_coarse_index_space(coarse: xr.Dataset, fine: xr.Dataset) -> xr.Dataset:
+    """A curvilinear fine field indexed in its coarse field's index space, to nest in it.
+
+    Both normalised. Each index-space grid numbers its own cells, so a fine file read on
+    its own does not nest in its coarse file; where its corners refine the coarse ones
+    (:func:`downscale.curvilinear.reindexed`) its cells are renumbered ``factor`` to a
+    coarse index, its own corners still giving its areas. Other fields: unchanged.
+    """
+    kinds = {geometry_of(coarse).kind, geometry_of(fine).kind}
+    if kinds != {GridKind.CURVILINEAR}:
+        return fine
+    found = reindexed(geometry_of(fine).mapping, geometry_of(coarse).mapping)
+    if found is None:
+        return fine
+    mapping, steps = found
+    coords: dict[str, Any] = {GRID_MAPPING_COORD: mapping_coord(mapping)}
+    for dim, step in zip(("y", "x"), steps, strict=True):
+        bnds = fine_bounds(coarse[f"{dim}_bnds"].values, step)
+        coords[dim] = (dim, bnds.mean(axis=1), fine[dim].attrs)
+        coords[f"{dim}_bnds"] = ((dim, "bnds"), bnds)
+    return fine.assign_coords(coords)
