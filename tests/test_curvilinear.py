@@ -34,7 +34,8 @@ FACTOR = 4
 SPHERE = pyproj.Geod(a=EARTH_RADIUS_M, b=EARTH_RADIUS_M)
 
 
-def _lattice(h: int, w: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+def _lattice(h: int, w: int, lon0: float = 20.0
+             ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Corner latitude/longitude ``(h + 1, w + 1)``: a sheared, stretched, rotated lattice."""
     j, i = np.meshgrid(np.arange(h + 1.0), np.arange(w + 1.0), indexing="ij")
     # Stretched (cells grow along i) and sheared in a local frame, then turned by 30 degrees
@@ -43,8 +44,8 @@ def _lattice(h: int, w: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]
     angle = np.deg2rad(30.0)
     east, north = u * np.cos(angle) - v * np.sin(angle), u * np.sin(angle) + v * np.cos(angle)
     lat = 55.0 + north - 6.0
-    lon = 20.0 + (east - 8.0) / np.cos(np.deg2rad(lat))
-    return lat, lon
+    lon = lon0 + (east - 8.0) / np.cos(np.deg2rad(lat))
+    return lat, (lon + 180.0) % 360.0 - 180.0
 
 
 def _cell_corners(corner: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -138,11 +139,12 @@ def test_curvilinear_spacing_in_metres(tmp_path: Path, coarse_nc: Path) -> None:
     assert spacing.widths == spacing.metres and not spacing.latlon
 
 
-def test_fine_areas_sum_to_coarse_areas() -> None:
+@pytest.mark.parametrize("lon0", [20.0, 179.0])  # 179: across the antimeridian
+def test_fine_areas_sum_to_coarse_areas(lon0: float) -> None:
     from downscale.grid import fine_cell_areas
     from downscale.grid_geometry import geometry_from_mapping
 
-    lat_c, lon_c = _lattice(5, 7)
+    lat_c, lon_c = _lattice(5, 7, lon0)
     geometry = geometry_from_mapping({"grid_mapping_name": "downscale_curvilinear",
                                       "dims": ["j", "i"], "corner_lat": lat_c.tolist(),
                                       "corner_lon": lon_c.tolist()})
