@@ -135,6 +135,9 @@ def index_cell_areas(lattice: FloatArray, y_bnds: NDArray[np.floating],
                      ) -> FloatArray:
     """Areas (m^2) ``(ny', nx')`` of the cells between index-space bounds.
 
+    Each corner is computed once (for the cells that share it), on the outer product of
+    the bounds' distinct values: bilinear interpolation is separable, rows then columns.
+
     Args:
         lattice: The grid's corner lattice (:func:`corner_lattice`).
         y_bnds: ``(ny', 2)`` bounds in index coordinates (centre ``j`` spans
@@ -143,14 +146,28 @@ def index_cell_areas(lattice: FloatArray, y_bnds: NDArray[np.floating],
         per_index: Lattice cells per unit of index along y and x: a fine grid's own
             lattice indexed in a coarse grid's index space (:func:`reindexed`).
     """
-    yb = (np.asarray(y_bnds, np.float64) + 0.5) * per_index[0]
-    xb = (np.asarray(x_bnds, np.float64) + 0.5) * per_index[1]
+    ys, yi = np.unique((np.asarray(y_bnds, np.float64) + 0.5) * per_index[0],
+                       return_inverse=True)
+    xs, xi = np.unique((np.asarray(x_bnds, np.float64) + 0.5) * per_index[1],
+                       return_inverse=True)
+    yi, xi = yi.reshape(-1, 2), xi.reshape(-1, 2)
+    rows = _interpolate(lattice, ys, axis=0)  # (len(ys), nx + 1, 3)
+    points = _interpolate(rows, xs, axis=1)  # (len(ys), len(xs), 3)
+    points /= np.linalg.norm(points, axis=-1, keepdims=True)
 
     def at(r: int, c: int) -> FloatArray:
-        p, q = np.meshgrid(yb[:, r], xb[:, c], indexing="ij")
-        return lattice_points(lattice, p, q)
+        return np.asarray(points[yi[:, r]][:, xi[:, c]])
 
     return quad_areas(at(0, 0), at(0, 1), at(1, 1), at(1, 0))
+
+
+def _interpolate(grid: FloatArray, positions: FloatArray, axis: int) -> FloatArray:
+    """Linear interpolation of ``grid`` at fractional ``positions`` along ``axis`` (0, 1)."""
+    k = np.clip(np.floor(positions).astype(np.int64), 0, grid.shape[axis] - 2)
+    w = positions - k
+    lo, hi = np.take(grid, k, axis=axis), np.take(grid, k + 1, axis=axis)
+    w = w[:, None, None] if axis == 0 else w[None, :, None]
+    return np.asarray((1 - w) * lo + w * hi, np.float64)
 
 
 def index_geographic(lattice: FloatArray, y: NDArray[np.floating], x: NDArray[np.floating],
