@@ -249,8 +249,13 @@ def mapping_json(ds: xr.Dataset | xr.DataArray) -> str:
     return json.dumps(dict(geometry.mapping)) if geometry.mapped else ""
 
 
+@functools.lru_cache(maxsize=8)
 def geometry_from_json(text: str) -> GridGeometry | None:
-    """The geometry :func:`mapping_json` describes; None for ``""`` (the caller decides)."""
+    """The geometry :func:`mapping_json` describes; None for ``""`` (the caller decides).
+
+    Cached: every time chunk of a run passes the same text, and a geometry keeps what it
+    derives (its CRS, a curvilinear grid's corner lattice).
+    """
     return geometry_from_mapping(json.loads(text)) if text else None
 
 
