@@ -20,7 +20,7 @@ import numpy as np
 import pyproj
 import pytest
 import xarray as xr
-from conftest import VARIABLE, assert_cf_compliant
+from conftest import VARIABLE, assert_cf_compliant, fit_tiny
 
 import downscale.batch.cli
 import downscale.check
@@ -178,3 +178,21 @@ def test_corners_that_do_not_tile_refused(tmp_path: Path, coarse_nc: Path) -> No
     broken.to_netcdf(tmp_path / "broken2.nc")
     with pytest.raises(InputError, match=r"cell \(2, 3\)'s corner 1"):
         open_field(tmp_path / "broken2.nc", VARIABLE)
+
+
+def test_trained_on_curvilinear_runs_at_its_spacing(tmp_path: Path, checkpoint: Path,
+                                                    coarse_nc: Path) -> None:
+    """fit on a curvilinear truth, then run on its coarse grid: spacings agree in metres."""
+    source, values = _write(tmp_path / "curvilinear.nc", coarse_nc)
+    truth = tmp_path / "truth.nc"
+    downscale.batch.cli.main(["--checkpoint", str(checkpoint), "--input", str(source),
+                              "--output", str(truth), "--workers", "0", "--any-spacing"])
+    (tmp_path / "fit").mkdir()
+    trained = fit_tiny(tmp_path / "fit", "--data.path", str(truth), "--data.variable", VARIABLE)
+    out = tmp_path / "out.nc"
+    downscale.batch.cli.main(["--checkpoint", str(trained), "--input", str(source),
+                              "--output", str(out), "--workers", "0"])  # no --any-spacing
+    with xr.open_dataset(out) as ds:
+        fine_area = _areas(ds["lat_bnds"].values, ds["lon_bnds"].values)
+        mass = _blocks(ds[VARIABLE].values.astype(np.float64) * fine_area)
+    np.testing.assert_allclose(mass / _blocks(fine_area), values, rtol=2e-6)
