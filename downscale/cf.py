@@ -99,18 +99,35 @@ def downscaled_dataset(values: np.ndarray[Any, Any] | dsa.Array, template: xr.Da
         "downscale_inputs": sources,
         **(extra_attrs or {}),
     }
-    return restore(ds, record)
+    out = restore(ds, record)
+    if ydim == "y" and geometry_of(template).kind is GridKind.CURVILINEAR:
+        out = _bare_index_dims(out, variable)
+    return out
+
+
+def _bare_index_dims(ds: xr.Dataset, variable: str) -> xr.Dataset:
+    """A curvilinear grid's index dimensions, without coordinate variables (CF 5.2).
+
+    Their values would be cell positions in index space (:mod:`downscale.curvilinear`),
+    which tools take for map axes; the 2-D lat/lon place the cells.
+    """
+    dims = [str(d) for d in ds[variable].dims[-2:]]
+    bounds = [str(ds[d].attrs.get("bounds", "")) for d in dims if d in ds.variables]
+    return ds.drop_vars([v for v in (*dims, *bounds) if v in ds.variables])
 
 
 def _with_grid_mapping(ds: xr.Dataset, variable: str, record: FieldConventions | None
                        ) -> xr.Dataset:
     """x/y axes described; a mapped grid's 2-D lat/lon and its grid mapping variable.
 
+    A curvilinear grid has 2-D lat/lon and no grid mapping.
+
     The grid mapping variable is the input's (:func:`downscale.conventions.restore`
     copies it) or, for a field without a record, ``crs``.
     """
     geometry = geometry_of(ds)
     rotated = geometry.kind is GridKind.ROTATED
+    curvilinear = geometry.kind is GridKind.CURVILINEAR
     for dim, std in (("y", "latitude"), ("x", "longitude")):
         if rotated:
             ds[dim].attrs.update(units="degrees", standard_name=f"grid_{std}")
@@ -126,7 +143,7 @@ def _with_grid_mapping(ds: xr.Dataset, variable: str, record: FieldConventions |
         if name.endswith("_bnds"):  # xarray would give bounds a "coordinates" attribute
             ds[name].encoding["coordinates"] = None
     ds[variable].encoding["coordinates"] = "lat lon"
-    if record is None or record.grid_mapping is None:
+    if not curvilinear and (record is None or record.grid_mapping is None):
         ds["crs"] = ((), np.int32(0), dict(geometry.mapping))
         ds[variable].attrs["grid_mapping"] = "crs"
     return ds

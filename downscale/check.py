@@ -29,6 +29,7 @@ from downscale.errors import InputError
 from downscale.grid import horizontal_dims, nesting_factor
 from downscale.helptext import plain
 from downscale.io import gridded_variables_in, open_field
+from downscale.io.curvilinear_input import in_coarse_index_space
 from downscale.metrics import ConservationError, checkerboard_index, conservation_error_xr
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,9 @@ def audit_variable(coarse_path: str, fine_path: str, variable: str, tolerance: f
         InputError: The grids do not nest, the units or time steps differ.
     """
     coarse = open_field(coarse_path, variable)
-    fine = _within(coarse, open_field(fine_path, variable), variable)
+    # A curvilinear fine file numbers its own cells: renumbered in the coarse file's.
+    fine = in_coarse_index_space(coarse, open_field(fine_path, variable))
+    fine = _within(coarse, fine, variable)
     factor = _nesting(coarse, fine, fine_path, variable)
     cu, fu = coarse[variable].attrs.get("units"), fine[variable].attrs.get("units")
     if cu != fu:

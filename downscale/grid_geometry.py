@@ -18,6 +18,10 @@ One notion of geometry serves every entry point (``run``, ``predict``, training,
   Each edge is measured once and shared by its two cells, so a grid's cells tile without
   gaps or overlaps; conservation is exact with the areas the model is given, whatever
   this small error.
+* ``CURVILINEAR``: a structured curvilinear grid (2-D latitude/longitude with four cell
+  corners), nested in index space; its corner lattice travels as an internal mapping
+  (:mod:`downscale.curvilinear`: spherical quadrilateral areas, fine corners on the
+  coarse cells' great-circle edges).
 * ``PLANAR``: x/y in metres without a grid mapping (a DEM): ``dx * dy``, with a warning
   (once) that these are map areas, not areas on the Earth.
 
@@ -40,6 +44,13 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
+from downscale.curvilinear import (
+    CURVILINEAR_NAME,
+    index_cell_areas,
+    index_geographic,
+    lattice_of,
+    per_index,
+)
 from downscale.grid import EARTH_RADIUS_M, FloatArray, cell_areas_latlon, cell_areas_projected
 
 #: Name of the scalar coordinate holding the grid mapping of a normalised field.
@@ -59,6 +70,7 @@ class GridKind(enum.Enum):
     LATLON = "latlon"
     ROTATED = "rotated"
     PROJECTED = "projected"
+    CURVILINEAR = "curvilinear"
     PLANAR = "planar"
 
 
@@ -77,8 +89,12 @@ class GridGeometry:
 
     @property
     def mapped(self) -> bool:
-        """Whether the grid has a grid mapping (rotated or projected)."""
-        return self.kind in (GridKind.ROTATED, GridKind.PROJECTED)
+        """Whether the grid has a mapping (rotated, projected or curvilinear corners)."""
+        return self.kind in (GridKind.ROTATED, GridKind.PROJECTED, GridKind.CURVILINEAR)
+
+    @cached_property
+    def _lattice(self) -> FloatArray:
+        return lattice_of(self.mapping)
 
     @cached_property
     def crs(self) -> Any:
@@ -102,11 +118,16 @@ class GridGeometry:
         Args:
             y_bnds: ``(ny, 2)`` bounds: latitude or rotated latitude (degrees), or y (m).
             x_bnds: ``(nx, 2)`` bounds: longitude or rotated longitude (degrees), or x (m).
+
+        A curvilinear grid's bounds are in index coordinates (cell ``k`` spans
+        ``[k - 1/2, k + 1/2]``).
         """
         if self.kind is GridKind.LATLON:
             return cell_areas_latlon(y_bnds, x_bnds)
         if self.kind is GridKind.ROTATED:
             return cell_areas_latlon(y_bnds, x_bnds, radius=self._sphere_radius())
+        if self.kind is GridKind.CURVILINEAR:
+            return index_cell_areas(self._lattice, y_bnds, x_bnds, per_index(self.mapping))
         if self.kind is GridKind.PROJECTED:
             yb, xb = np.asarray(y_bnds, np.float64), np.asarray(x_bnds, np.float64)
             # Every time chunk of a run asks again for the same tiles: measured once.
@@ -120,12 +141,14 @@ class GridGeometry:
         """Latitude and longitude (degrees) of points given in the grid's coordinates.
 
         Args:
-            y: Grid y (m) or rotated latitude (degrees), any shape.
+            y: Grid y (m), rotated latitude (degrees) or index, any shape.
             x: Grid x or rotated longitude, the same shape.
 
         Returns:
             ``(lat, lon)`` of that shape, longitude in ``[-180, 180]``.
         """
+        if self.kind is GridKind.CURVILINEAR:
+            return index_geographic(self._lattice, y, x, per_index(self.mapping))
         lon, lat = self._to_geographic.transform(np.asarray(x, np.float64),
                                                  np.asarray(y, np.float64))
         return np.asarray(lat, np.float64), np.asarray(lon, np.float64)
@@ -196,6 +219,8 @@ def geometry_from_mapping(attrs: Mapping[str, Any]) -> GridGeometry:
     import pyproj
 
     name = str(attrs.get("grid_mapping_name", ""))
+    if name == CURVILINEAR_NAME:
+        return GridGeometry(GridKind.CURVILINEAR, dict(attrs))
     kind = GridKind.ROTATED if name in ROTATED_NAMES else GridKind.PROJECTED
     clean = {str(k): (v.tolist() if isinstance(v, np.ndarray | np.generic) else v)
              for k, v in attrs.items() if not str(k).startswith("_")}
@@ -224,8 +249,13 @@ def mapping_json(ds: xr.Dataset | xr.DataArray) -> str:
     return json.dumps(dict(geometry.mapping)) if geometry.mapped else ""
 
 
+@functools.lru_cache(maxsize=8)
 def geometry_from_json(text: str) -> GridGeometry | None:
-    """The geometry :func:`mapping_json` describes; None for ``""`` (the caller decides)."""
+    """The geometry :func:`mapping_json` describes; None for ``""`` (the caller decides).
+
+    Cached: every time chunk of a run passes the same text, and a geometry keeps what it
+    derives (its CRS, a curvilinear grid's corner lattice).
+    """
     return geometry_from_mapping(json.loads(text)) if text else None
 
 
@@ -235,7 +265,7 @@ def mapping_coord(attrs: Mapping[str, Any]) -> xr.DataArray:
 
 
 def geographic_coords(grid: xr.Dataset) -> dict[str, xr.DataArray]:
-    """2-D latitude/longitude of a normalised rotated-pole or projected grid's cells.
+    """2-D latitude/longitude of a normalised rotated-pole, projected or curvilinear grid.
 
     Args:
         grid: A normalised grid with ``y``/``x`` and ``y_bnds``/``x_bnds`` and its grid

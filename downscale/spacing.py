@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 import xarray as xr
 
+from downscale.curvilinear import lattice_of, median_spacing
 from downscale.errors import CheckpointError
 from downscale.grid import EARTH_RADIUS_M, horizontal_dims
 from downscale.grid_geometry import GridKind, geometry_of
@@ -92,10 +93,15 @@ def coarse_spacing(field: xr.Dataset, factor: int = 1) -> GridSpacing:
             coarsened by it).
     """
     ydim, xdim = horizontal_dims(field)
+    geometry = geometry_of(field)
+    if geometry.kind is GridKind.CURVILINEAR:  # index space: its cells' edges on the sphere
+        dy_m, dx_m = median_spacing(lattice_of(geometry.mapping))
+        return GridSpacing((ydim, xdim), (dy_m * factor, dx_m * factor),
+                           (dy_m * factor, dx_m * factor))
     widths = tuple(float(np.median(np.abs(np.diff(field[f"{d}_bnds"].values, axis=1))))
                    * factor for d in (ydim, xdim))
     dy, dx = widths
-    if geometry_of(field).kind is GridKind.ROTATED:  # degrees on the sphere, rotated
+    if geometry.kind is GridKind.ROTATED:  # degrees on the sphere, rotated
         ydim, xdim = "rlat", "rlon"
     if ydim in ("lat", "rlat"):
         bounds = field[f"{horizontal_dims(field)[0]}_bnds"].values

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from downscale.conventions import record_field, with_conventions
 from downscale.coordinate_units import LAT_UNITS, LON_UNITS
+from downscale.curvilinear import NO_CORNERS, NO_CORNERS_HINT
 from downscale.errors import InputError
 from downscale.grid import bounds_from_centres
 from downscale.grid_geometry import (
@@ -82,6 +83,10 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
         grid_mapping = dict(da[GRID_MAPPING_COORD].attrs)
     geometry = None if grid_mapping is None else _geometry(grid_mapping, fail)
     ydim, xdim, latlon = _find_horizontal_dims(da, fail, geometry)
+    index_space = geometry is not None and geometry.kind is GridKind.CURVILINEAR
+    if index_space:  # nested in index space: centres 0 .. n-1 (downscale.curvilinear)
+        da = da.assign_coords({d: (d, np.arange(da.sizes[d], dtype=np.float64))
+                               for d in (ydim, xdim)})
     angular = latlon or (geometry is not None and geometry.kind is GridKind.ROTATED)
     tdim = _find_time_dim(da, (ydim, xdim), fail)
     new_y, new_x = ("lat", "lon") if latlon else ("y", "x")
@@ -89,7 +94,7 @@ def normalise_field(da: xr.DataArray, *, path: PathLike | None = None,
     given = {new_y: bounds.get(ydim) if bounds else None,
              new_x: bounds.get(xdim) if bounds else None}
     for old, new in ((ydim, new_y), (xdim, new_x)):
-        if old in da.coords:
+        if old in da.coords and not index_space:
             da, given[new] = _in_package_units(da, old, new, given[new], angular, fail)
     da = mask_outside_valid_range(da, path)
 
@@ -196,6 +201,9 @@ def _mapped_dims(da: xr.DataArray, geometry: GridGeometry, fail: Fail) -> tuple[
 def _find_horizontal_dims(da: xr.DataArray, fail: Fail, geometry: GridGeometry | None = None
                           ) -> tuple[str, str, bool]:
     """The latitude/longitude (or y/x) dimension names of a variable, and which kind."""
+    if geometry is not None and geometry.kind is GridKind.CURVILINEAR:
+        ydim, xdim = map(str, geometry.mapping["dims"])
+        return ydim, xdim, False
     if geometry is not None and geometry.mapped:
         return (*_mapped_dims(da, geometry, fail), False)
     for c in map(str, list(da.coords) + list(da.dims)):
@@ -210,8 +218,7 @@ def _find_horizontal_dims(da: xr.DataArray, fail: Fail, geometry: GridGeometry |
         return found[0], found[1], True
     for c in map(str, da.coords):
         if da[c].ndim >= 2 and _coord_kind(c, da[c].attrs) is not None:
-            raise fail(f"curvilinear grids (2-D latitude/longitude '{c}') are not supported",
-                       "regrid to a regular latitude-longitude grid first (e.g. cdo remapcon)")
+            raise fail(NO_CORNERS.format(f"'{c}'"), NO_CORNERS_HINT)
     if "y" in da.dims and "x" in da.dims:
         return "y", "x", False
     projected = {str(da[d].attrs.get("standard_name", "")): str(d) for d in da.dims

@@ -20,10 +20,8 @@ from numpy.typing import NDArray
 
 from downscale.conventions import add_file_metadata, conventions_of, join_in_time, with_conventions
 from downscale.errors import InputError
+from downscale.io.curvilinear_input import curvilinear_mapping
 from downscale.io.normalise import (
-    Fail,
-    _coord_kind,
-    _latlon_dims,
     normalise_field,
 )
 from downscale.io.paths import PathLike, _reason
@@ -115,7 +113,7 @@ def _normalise_opened(ds: xr.Dataset, path: Path, variable: str,
 
     mapping = _grid_mapping(ds, da)
     if mapping is None:
-        _check_auxiliary_coords(ds, da, fail)
+        mapping = curvilinear_mapping(ds, da, fail)
     # Lazy Dask reads of one index of every leading dimension (a time step) at a time, so
     # memory is bounded by the chunks asked for below, whatever the file's layout.
     da = da.chunk({d: (1 if i < da.ndim - 2 else -1) for i, d in enumerate(da.dims)})
@@ -191,17 +189,6 @@ def _grid_mapping(ds: xr.Dataset, da: xr.DataArray) -> dict[str, Any] | None:
         return None
     attrs = dict(ds[names[0]].attrs)
     return None if attrs.get("grid_mapping_name") in (None, "latitude_longitude") else attrs
-
-
-def _check_auxiliary_coords(ds: xr.Dataset, da: xr.DataArray, fail: Fail) -> None:
-    """Reject curvilinear grids whose 2-D latitude/longitude are not attached coordinates."""
-    if _latlon_dims(da) is not None:
-        return
-    for name, var in ds.variables.items():
-        if (name != da.name and var.ndim == 2 and set(var.dims) <= set(da.dims)
-                and _coord_kind(str(name), var.attrs) is not None):
-            raise fail(f"curvilinear grids (2-D latitude/longitude '{name}') are not supported",
-                       "regrid to a regular latitude-longitude grid first (e.g. cdo remapcon)")
 
 
 def _file_bounds(ds: xr.Dataset, da: xr.DataArray) -> dict[str, NDArray[np.float64]]:
